@@ -1,0 +1,64 @@
+"""Where a patched layer gets its cross-frequency sample from at each call.
+
+A sample source is a callable ``(layer_name, n_tokens) -> int64 indices``. ``RandomSamples`` draws
+fresh ones (DESIGN.md §1: a new sample per layer call) with the same numpy function the runtime uses;
+``QueuedSamples`` replays samples supplied from outside, for parity tests against engines.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping
+from typing import Protocol
+
+import numpy as np
+
+from ..errors import UsageError
+from ..sampling import draw_sample_index, make_rng
+
+
+class SampleSource(Protocol):
+    def __call__(self, layer: str, n_tokens: int) -> np.ndarray: ...
+
+
+class RandomSamples:
+    """Draws each layer call's sample from one seeded numpy generator, in call order."""
+
+    def __init__(self, sparse_ratio: float, seed: int | None = 0, generator: np.random.Generator | None = None):
+        self.sparse_ratio = sparse_ratio
+        self.rng = generator if generator is not None else make_rng(seed)
+
+    def reseed(self, seed: int | None) -> None:
+        self.rng = make_rng(seed)
+
+    def __call__(self, layer: str, n_tokens: int) -> np.ndarray:
+        return draw_sample_index(self.rng, n_tokens, self.sparse_ratio)
+
+
+class QueuedSamples:
+    """Replays given samples: ``{layer_name: [index for call 0, call 1, ...]}``."""
+
+    def __init__(self, samples: Mapping[str, Iterable[np.ndarray]]):
+        self.queues = {name: deque(np.asarray(s, dtype=np.int64) for s in seq) for name, seq in samples.items()}
+
+    def __call__(self, layer: str, n_tokens: int) -> np.ndarray:
+        queue = self.queues.get(layer)
+        if not queue:
+            raise UsageError(f"no queued LiteFocus sample left for layer {layer}")
+        index = queue.popleft()
+        if index.size and (index.min() < 0 or index.max() >= n_tokens):
+            raise UsageError(f"queued sample for {layer} is out of range for {n_tokens} tokens")
+        return index
+
+
+class RecordingSamples:
+    """Wraps a source and keeps every sample it hands out, per layer, in order."""
+
+    def __init__(self, source: SampleSource):
+        self.source = source
+        self.record: dict[str, list[np.ndarray]] = {}
+
+    def __call__(self, layer: str, n_tokens: int) -> np.ndarray:
+        index = np.asarray(self.source(layer, n_tokens), dtype=np.int64)
+        self.record.setdefault(layer, []).append(index)
+        return index

@@ -1,0 +1,23 @@
+"""One exception family for everything the toolchain raises on purpose (torch-free)."""
+
+from __future__ import annotations
+
+
+class LiteFocusError(Exception):
+    """Base class: the CLI prints the message as one line and exits 1."""
+
+
+class UsageError(LiteFocusError):
+    """Bad user input (unknown model spec, bad duration, ...): exit code 2."""
+
+
+class ExportError(LiteFocusError):
+    """ONNX export failed or produced a graph that breaks the contract."""
+
+
+class BuildError(LiteFocusError):
+    """An engine could not be built (missing backend, bad profile, ...)."""
+
+
+class EngineError(LiteFocusError):
+    """An engine folder is missing, corrupt, from a newer format or does not cover a request."""

@@ -1,0 +1,85 @@
+"""Latent geometry of the AudioLDM family: seconds <-> mel frames <-> latent grid (torch-free).
+
+DESIGN.md §3: 16 kHz audio, hop 160 samples (100 mel frames per second), a VAE that divides both
+axes by 4, 64 mel bins. Token ``n = t * F + f`` inside attention (time-major).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .errors import UsageError
+
+SAMPLE_RATE = 16_000
+HOP_LENGTH = 160
+VAE_SCALE = 4
+MEL_BINS = 64
+
+
+@dataclass(frozen=True)
+class AudioGeometry:
+    """Audio/latent constants of one pipeline (the AudioLDM family defaults)."""
+
+    sample_rate: int = SAMPLE_RATE
+    hop_length: int = HOP_LENGTH
+    vae_scale: int = VAE_SCALE
+    mel_bins: int = MEL_BINS
+
+    @property
+    def hop_seconds(self) -> float:
+        return self.hop_length / self.sample_rate
+
+    def mel_frames(self, seconds: float) -> int:
+        """Mel frames for ``seconds`` of audio, rounded up to the VAE factor."""
+        seconds = check_seconds(seconds)
+        # A tiny tolerance keeps 10.24 s (1023.9999... hops in floating point) at 1024 frames.
+        frames = math.ceil(seconds / self.hop_seconds - 1e-6)
+        return math.ceil(frames / self.vae_scale) * self.vae_scale
+
+    def latent_frames(self, seconds: float) -> int:
+        """Latent time length ``T_lat`` for ``seconds`` of audio (80 s -> 2000)."""
+        return self.mel_frames(seconds) // self.vae_scale
+
+    @property
+    def latent_freq_bins(self) -> int:
+        """Latent frequency bins ``F_lat`` (64 mel bins -> 16)."""
+        return self.mel_bins // self.vae_scale
+
+    def num_samples(self, seconds: float) -> int:
+        """Waveform length the pipelines trim their output to."""
+        return int(check_seconds(seconds) * self.sample_rate)
+
+    def seconds_of_latent(self, latent_frames: int) -> float:
+        return latent_frames * self.vae_scale * self.hop_seconds
+
+
+DEFAULT_GEOMETRY = AudioGeometry()
+
+
+def check_seconds(seconds: float) -> float:
+    """Validate a duration: a positive finite number of seconds."""
+    try:
+        value = float(seconds)
+    except (TypeError, ValueError):
+        raise UsageError(f"seconds must be a number, got {seconds!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise UsageError(f"seconds must be a positive number, got {seconds!r}")
+    return value
+
+
+def latent_frames(seconds: float, geometry: AudioGeometry = DEFAULT_GEOMETRY) -> int:
+    """Latent time length for ``seconds`` of audio with the default AudioLDM geometry."""
+    return geometry.latent_frames(seconds)
+
+
+def downsampled_length(length: int, times: int) -> int:
+    """Length after ``times`` stride-2 downsamplings (conv, kernel 3, padding 1: ceil(n / 2))."""
+    for _ in range(times):
+        length = (length + 1) // 2
+    return length
+
+
+def level_width(latent_freq_bins: int, level: int) -> int:
+    """Frequency bins at UNet resolution ``level`` (0 = full latent resolution)."""
+    return downsampled_length(latent_freq_bins, level)

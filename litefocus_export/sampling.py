@@ -1,0 +1,31 @@
+"""Cross-frequency samples: which tokens every patched layer also attends to (torch-free).
+
+DESIGN.md §1: each patched layer gets a fresh uniform sample without replacement of
+``M = floor(sparse_ratio * N)`` token indices at every UNet evaluation. The PyTorch path and the
+engine runtime draw them with this one function, from a numpy generator, in the same order (patched
+layers in execution order), so one seed gives the same samples, and the same audio, on every backend.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def num_samples(n_tokens: int, sparse_ratio: float) -> int:
+    """``M = floor(sparse_ratio * N)`` (the reference's ``int(N * ratio)``)."""
+    return int(math.floor(n_tokens * sparse_ratio + 1e-9))
+
+
+def draw_sample_index(rng: np.random.Generator, n_tokens: int, sparse_ratio: float) -> np.ndarray:
+    """One layer's sample: ``M`` distinct token indices in ``[0, n_tokens)``, int64, random order."""
+    m = num_samples(n_tokens, sparse_ratio)
+    if m == 0:
+        return np.zeros((0,), dtype=np.int64)
+    return rng.choice(n_tokens, size=m, replace=False).astype(np.int64)
+
+
+def make_rng(seed: int | None) -> np.random.Generator:
+    """The generator both backends use for samples (PCG64, numpy's default)."""
+    return np.random.default_rng(seed)
