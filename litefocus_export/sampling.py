@@ -29,3 +29,18 @@ def draw_sample_index(rng: np.random.Generator, n_tokens: int, sparse_ratio: flo
 def make_rng(seed: int | None) -> np.random.Generator:
     """The generator both backends use for samples (PCG64, numpy's default)."""
     return np.random.default_rng(seed)
+
+
+def seeded_streams(seed: int | None) -> tuple[np.random.Generator, np.random.Generator]:
+    """(initial-noise generator, LiteFocus-sample generator) for one generation with ``seed``.
+
+    Two independent streams, so the noise does not depend on how many samples were drawn.
+    """
+    root = np.random.SeedSequence(seed)
+    noise_seq, samples_seq = root.spawn(2)
+    return np.random.default_rng(noise_seq), np.random.default_rng(samples_seq)
+
+
+def initial_noise(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Standard normal float32 latents (the same on every backend for the same generator)."""
+    return rng.standard_normal(shape, dtype=np.float32)

@@ -1,0 +1,95 @@
+"""The op in ONNX: node ``ai.litefocus::DualSparseAttention`` and its portable function body.
+
+The body is the dense form of DESIGN.md §1 in standard ONNX ops (Reshape/Transpose/MatMul/Softmax),
+so ONNX Runtime runs an exported model with no plugin; a runtime with a fused kernel claims the node
+instead. Scores for the two key sets are computed separately and concatenated, which keeps one joint
+softmax without copying the sampled keys once per frequency bin.
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnxscript import FLOAT, INT64, script
+from onnxscript import opset18 as op
+from onnxscript.values import Opset
+
+from ..errors import ExportError
+
+DOMAIN = "ai.litefocus"
+OP_TYPE = "DualSparseAttention"
+DOMAIN_VERSION = 1
+PLUGIN_NAMESPACE = "ai.litefocus"
+# Ops in the body are unchanged since opset 13; the torch exporter itself needs 18.
+MIN_OPSET = 18
+litefocus = Opset(DOMAIN, DOMAIN_VERSION)
+
+
+@script(litefocus, default_opset=op)
+def DualSparseAttention(
+    q, k, v, sample_index: INT64, freq_bins: int, scale: float, same_frequency: int = 1, cross_frequency: int = 1
+):
+    """DualSparseAttention(q, k, v, sample_index) -> out, all of shape (B, H, N, D) except the int64 (M,) index.
+
+    PyTorch equivalent: ``litefocus_export.attention.dual_sparse_attention(q, k, v, sample_index,
+    freq_bins=freq_bins, scale=scale, same_frequency=bool(same_frequency),
+    cross_frequency=bool(cross_frequency))``. A disabled key set gets a -inf bias (log 0).
+    """
+    shape = op.Shape(q)
+    grid = op.Concat(
+        op.Shape(q, start=0, end=2), op.Constant(value_ints=[-1]),
+        op.Reshape(op.Constant(value_int=freq_bins), op.Constant(value_ints=[1])),
+        op.Shape(q, start=3, end=4), axis=0,
+    )
+    # (B, H, N, D) -> (B, H, F, T, D): every frequency bin becomes its own batch of T frames
+    q5 = op.Transpose(op.Reshape(q, grid), perm=[0, 1, 3, 2, 4])
+    k5 = op.Transpose(op.Reshape(k, grid), perm=[0, 1, 3, 4, 2])  # keys pre-transposed: (B, H, F, D, T)
+    v5 = op.Transpose(op.Reshape(v, grid), perm=[0, 1, 3, 2, 4])
+    # sampled tokens, shared by every bin through MatMul broadcasting: (B, H, 1, D, M) / (B, H, 1, M, D)
+    ks = op.Unsqueeze(op.Transpose(op.Gather(k, sample_index, axis=2), perm=[0, 1, 3, 2]), [2])
+    vs = op.Unsqueeze(op.Gather(v, sample_index, axis=2), [2])
+
+    q5 = op.Mul(q5, op.CastLike(op.Constant(value_float=scale), q))
+    same_bias = op.CastLike(op.Log(op.Cast(op.Constant(value_int=same_frequency), to=1)), q)
+    cross_bias = op.CastLike(op.Log(op.Cast(op.Constant(value_int=cross_frequency), to=1)), q)
+    scores = op.Concat(op.MatMul(q5, k5) + same_bias, op.MatMul(q5, ks) + cross_bias, axis=-1)
+    weights = op.Softmax(scores, axis=-1)
+
+    frames = op.Shape(k5, start=4, end=5)
+    w_same = op.Slice(weights, op.Constant(value_ints=[0]), frames, op.Constant(value_ints=[-1]))
+    w_cross = op.Slice(weights, frames, op.Constant(value_ints=[9223372036854775807]), op.Constant(value_ints=[-1]))
+    out5 = op.MatMul(w_same, v5) + op.MatMul(w_cross, vs)
+    return op.Reshape(op.Transpose(out5, perm=[0, 1, 3, 2, 4]), shape)
+
+
+def function_proto(opset: int) -> onnx.FunctionProto:
+    """The body as a model-local FunctionProto importing the model's default opset ``opset``."""
+    if opset < MIN_OPSET:
+        raise ExportError(f"opset {opset} is too old: the DualSparseAttention body needs opset >= {MIN_OPSET}")
+    proto = DualSparseAttention.to_function_proto()
+    for entry in proto.opset_import:
+        if entry.domain == "":
+            entry.version = opset
+    return proto
+
+
+def attach_function(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Add the function body and the custom domain's opset import to ``model`` (idempotent)."""
+    opset = next(e.version for e in model.opset_import if e.domain in ("", "ai.onnx"))
+    if not any(f.domain == DOMAIN and f.name == OP_TYPE for f in model.functions):
+        model.functions.append(function_proto(opset))
+    if not any(e.domain == DOMAIN for e in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+    return model
+
+
+def make_node(inputs: list[str], output: str, *, freq_bins: int, scale: float, same_frequency: bool,
+              cross_frequency: bool, name: str = "") -> onnx.NodeProto:
+    """One ``ai.litefocus::DualSparseAttention`` node with the contract's attributes."""
+    return onnx.helper.make_node(
+        OP_TYPE, inputs, [output], name=name, domain=DOMAIN, freq_bins=int(freq_bins), scale=float(scale),
+        same_frequency=int(same_frequency), cross_frequency=int(cross_frequency),
+        plugin_namespace=PLUGIN_NAMESPACE,
+    )
+
+
+__all__ = ["DOMAIN", "OP_TYPE", "FLOAT", "DualSparseAttention", "attach_function", "function_proto", "make_node"]

@@ -1,0 +1,99 @@
+"""The PyTorch backend: a diffusers pipeline, patched or not, driven like the engine runtime.
+
+It is the reference the engines are compared with. Initial noise and LiteFocus samples come from the
+same numpy streams the runtime uses (``sampling.seeded_streams``), so one seed gives the same audio
+on every backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from .errors import UsageError
+from .geometry import AudioGeometry, check_seconds
+from .sampling import initial_noise, seeded_streams
+
+log = logging.getLogger(__name__)
+
+Attention = Literal["litefocus", "full"]
+SchedulerName = Literal["ddim", "dpm"]
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One text-to-audio request (shared by every backend)."""
+
+    prompt: str
+    seconds: float
+    steps: int = 10
+    seed: int = 0
+    guidance: float | None = None  # None: the pipeline's default
+    negative_prompt: str | None = None
+    scheduler: SchedulerName = "ddim"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seconds", check_seconds(self.seconds))
+        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
+            raise UsageError(f"steps must be a positive integer, got {self.steps!r}")
+        if self.scheduler not in ("ddim", "dpm"):
+            raise UsageError(f"scheduler must be ddim or dpm, got {self.scheduler!r}")
+
+
+def pipeline_geometry(pipe: Any) -> AudioGeometry:
+    """Audio geometry read off a pipeline's vocoder and VAE."""
+    vocoder = pipe.vocoder.config
+    return AudioGeometry(
+        sample_rate=int(vocoder.sampling_rate),
+        hop_length=int(np.prod(vocoder.upsample_rates)),
+        vae_scale=int(pipe.vae_scale_factor),
+        mel_bins=int(vocoder.model_in_dim),
+    )
+
+
+def use_scheduler(pipe: Any, name: SchedulerName) -> None:
+    """Swap the pipeline's scheduler for DDIM or DPM-Solver++ (2M), keeping its noise schedule."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    cls = DDIMScheduler if name == "ddim" else DPMSolverMultistepScheduler
+    if not isinstance(pipe.scheduler, cls):
+        pipe.scheduler = cls.from_config(pipe.scheduler.config)
+
+
+def generate_torch(pipe: Any, request: GenerationRequest, attention: Attention = "litefocus", config: Any = None) -> np.ndarray:
+    """Run ``pipe`` for ``request``; returns the float32 waveform ``(num_samples,)``.
+
+    With ``attention="litefocus"`` the pipeline is patched for the call (``config`` or the defaults)
+    and unpatched afterwards; samples come from the request's seed.
+    """
+    import torch
+
+    from .attention import LiteFocusConfig, RandomSamples, patched
+
+    geometry = pipeline_geometry(pipe)
+    noise_rng, samples_rng = seeded_streams(request.seed)
+    shape = (1, pipe.unet.config.in_channels, geometry.latent_frames(request.seconds), geometry.latent_freq_bins)
+    device = pipe.unet.device
+    latents = torch.from_numpy(initial_noise(noise_rng, shape)).to(device=device, dtype=pipe.unet.dtype)
+    use_scheduler(pipe, request.scheduler)
+    kwargs: dict[str, Any] = dict(
+        audio_length_in_s=request.seconds, num_inference_steps=request.steps, latents=latents,
+        negative_prompt=request.negative_prompt, output_type="np",
+    )
+    if request.guidance is not None:
+        kwargs["guidance_scale"] = request.guidance
+
+    start = time.perf_counter()
+    with torch.inference_mode():
+        if attention == "full":
+            audio = pipe(request.prompt, **kwargs).audios
+        else:
+            config = config or LiteFocusConfig()
+            with patched(pipe, config, RandomSamples(config.sparse_ratio, generator=samples_rng)):
+                audio = pipe(request.prompt, **kwargs).audios
+    log.info("generated %.2f s of audio in %.1f s (torch, %s)", request.seconds, time.perf_counter() - start, attention)
+    return np.asarray(audio[0], dtype=np.float32)
