@@ -8,10 +8,13 @@ softmax without copying the sampled keys once per frequency bin.
 
 from __future__ import annotations
 
+import functools
+
 import onnx
+from onnx.defs import OpSchema
 from onnxscript import FLOAT, INT64, script
 from onnxscript import opset18 as op
-from onnxscript.values import Opset
+from onnxscript.values import Op, Opset
 
 from ..errors import ExportError
 
@@ -82,6 +85,44 @@ def attach_function(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+@functools.cache
+def register_schema() -> OpSchema:
+    """Register the op's schema with onnx (once), so onnxscript and the checker know its signature."""
+    flag = onnx.helper.make_attribute
+    schema = OpSchema(
+        OP_TYPE, DOMAIN, DOMAIN_VERSION,
+        doc=DualSparseAttention.__doc__ or "",
+        inputs=[OpSchema.FormalParameter(n, "T") for n in ("q", "k", "v")]
+        + [OpSchema.FormalParameter("sample_index", "tensor(int64)")],
+        outputs=[OpSchema.FormalParameter("out", "T")],
+        type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], "attention dtype")],
+        attributes=[
+            OpSchema.Attribute("freq_bins", OpSchema.AttrType.INT, "frequency bins F of the layer"),
+            OpSchema.Attribute("scale", OpSchema.AttrType.FLOAT, "softmax scale"),
+            OpSchema.Attribute("same_frequency", flag("same_frequency", 1), "1: attend to the own bin"),
+            OpSchema.Attribute("cross_frequency", flag("cross_frequency", 1), "1: attend to the sample"),
+            OpSchema.Attribute("plugin_namespace", flag("plugin_namespace", PLUGIN_NAMESPACE),
+                               "TensorRT plugin namespace"),
+        ],
+    )
+    if not onnx.defs.has(OP_TYPE, DOMAIN):
+        onnx.defs.register_schema(schema)
+    return schema
+
+
+def translate_op(q, k, v, sample_index, freq_bins: int, scale: float, same_frequency: bool, cross_frequency: bool):
+    """torch.onnx translation of ``litefocus::dual_sparse_attention``: one node of our domain.
+
+    The body is attached afterwards (``attach_function``): the exporter's passes inline every
+    model-local function they see, and the node must stay a node.
+    """
+    register_schema()
+    node = Op(litefocus, OP_TYPE, onnx.defs.get_schema(OP_TYPE, DOMAIN_VERSION, DOMAIN))
+    return node(q, k, v, sample_index, freq_bins=int(freq_bins), scale=float(scale),
+                same_frequency=int(same_frequency), cross_frequency=int(cross_frequency),
+                plugin_namespace=PLUGIN_NAMESPACE)
+
+
 def make_node(inputs: list[str], output: str, *, freq_bins: int, scale: float, same_frequency: bool,
               cross_frequency: bool, name: str = "") -> onnx.NodeProto:
     """One ``ai.litefocus::DualSparseAttention`` node with the contract's attributes."""
@@ -92,4 +133,5 @@ def make_node(inputs: list[str], output: str, *, freq_bins: int, scale: float, s
     )
 
 
-__all__ = ["DOMAIN", "OP_TYPE", "FLOAT", "DualSparseAttention", "attach_function", "function_proto", "make_node"]
+__all__ = ["DOMAIN", "OP_TYPE", "FLOAT", "DualSparseAttention", "attach_function", "function_proto", "make_node",
+           "register_schema", "translate_op"]
