@@ -21,7 +21,8 @@ from ..errors import ExportError
 DOMAIN = "ai.litefocus"
 OP_TYPE = "DualSparseAttention"
 DOMAIN_VERSION = 1
-PLUGIN_NAMESPACE = "ai.litefocus"
+# TensorRT plugin namespaces may not contain dots (plugins/tensorrt).
+PLUGIN_NAMESPACE = "litefocus"
 # Ops in the body are unchanged since opset 13; the torch exporter itself needs 18.
 MIN_OPSET = 18
 litefocus = Opset(DOMAIN, DOMAIN_VERSION)

@@ -76,3 +76,39 @@ def dual_sparse_attention(
     check_inputs(q, k, v, sample_index, freq_bins, same_frequency, cross_frequency)
     kwargs["scale"] = q.shape[-1] ** -0.5 if scale is None else float(scale)
     return dual_sparse_attention_op(q, k, v, sample_index, **kwargs)
+
+
+# --- Fused Triton kernel for CUDA tensors (plugins/triton) ---------------------------------------------
+# Registered only where Triton is installed and not under its CPU interpreter (whose kernels take CPU
+# tensors); imported on the first CUDA call, so CPU-only use never pays for it. CPU keeps the dense form.
+def _register_triton_cuda_kernel() -> None:
+    import functools
+    import importlib
+    import importlib.util
+    import os
+
+    interpreter = os.environ.get("TRITON_INTERPRET", "").lower() in ("1", "true", "on")
+    if interpreter or importlib.util.find_spec("triton") is None:
+        return
+
+    @functools.cache
+    def kernel_module():  # noqa: ANN202
+        try:
+            return importlib.import_module("litefocus_export.plugins.triton.dual_sparse_attention")
+        except ModuleNotFoundError as missing:  # repository on sys.path, not installed: plugins/ is top-level
+            if not (missing.name or "").startswith("litefocus_export.plugins"):
+                raise
+            return importlib.import_module("plugins.triton.dual_sparse_attention")
+
+    @dual_sparse_attention_op.register_kernel("cuda")
+    def _cuda(q, k, v, sample_index, freq_bins, scale, same_frequency, cross_frequency):  # noqa: ANN001
+        kwargs = dict(
+            freq_bins=freq_bins, scale=scale, same_frequency=same_frequency, cross_frequency=cross_frequency
+        )
+        fused = kernel_module()
+        if fused.supports(q):
+            return fused.dual_sparse_attention_triton(q, k, v, sample_index, **kwargs)
+        return dual_sparse_attention_fast(q, k, v, sample_index, **kwargs)
+
+
+_register_triton_cuda_kernel()

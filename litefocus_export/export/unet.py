@@ -1,0 +1,251 @@
+"""UNet -> ONNX with every LiteFocus layer as one ``ai.litefocus::DualSparseAttention`` node.
+
+DESIGN.md §2: inputs are named after the diffusers UNet forward arguments, plus one
+``litefocus_index_<width>`` int64 ``(L, M)`` input per patched level (row l: the l-th patched layer of
+that level in execution order). Batch and latent time are dynamic, so one file serves every duration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+import torch.nn.functional as F
+
+from ..attention.config import LiteFocusConfig
+from ..attention.onnx_function import DOMAIN, OP_TYPE, attach_function, register_schema, translate_op
+from ..attention.patching import latent_freq_bins, litefocus_state, patch, unpatch
+from ..errors import ExportError
+from ..geometry import downsampled_length
+from ..models import pipeline_kind
+from ..sampling import num_samples
+
+log = logging.getLogger(__name__)
+UNET_FILE = "unet.onnx"
+# Example latent length for tracing: odd and not a multiple of 8, so the traced graph takes the
+# UNet's size-forwarding upsampling path, which is valid for every length.
+EXAMPLE_FRAMES = 37
+EXAMPLE_BATCH = 2
+
+
+@dataclass
+class UNetSignature:
+    """Names and example tensors of the exported UNet's inputs."""
+
+    inputs: dict[str, torch.Tensor]
+    dynamic: dict[str, dict[int, str]]  # input name -> {axis: dimension name}
+    levels: dict[int, list[str]] = field(default_factory=dict)  # width -> patched layer names in order
+
+
+def index_input_name(width: int) -> str:
+    return f"litefocus_index_{width}"
+
+
+def conditioning_examples(pipe: Any, batch: int) -> tuple[dict[str, torch.Tensor], dict[str, dict[int, str]]]:
+    """Example conditioning inputs of the UNet, named after its forward arguments."""
+    unet = pipe.unet
+    if pipeline_kind(pipe) == "audioldm2":
+        dims = [d for d in unet.config.cross_attention_dim[0] if d is not None]
+        gen = torch.Generator().manual_seed(0)
+        inputs = {
+            "encoder_hidden_states": torch.randn(batch, 8, dims[0], generator=gen),
+            "encoder_hidden_states_1": torch.randn(batch, 7, dims[1], generator=gen),
+            "encoder_attention_mask_1": torch.ones(batch, 7, dtype=torch.int64),
+        }
+        dynamic = {
+            "encoder_hidden_states": {0: "batch", 1: "lm_tokens"},
+            "encoder_hidden_states_1": {0: "batch", 1: "text_tokens"},
+            "encoder_attention_mask_1": {0: "batch", 1: "text_tokens"},
+        }
+        return inputs, dynamic
+    dim = unet.config.projection_class_embeddings_input_dim
+    return {"class_labels": torch.randn(batch, dim)}, {"class_labels": {0: "batch"}}
+
+
+def unet_signature(pipe: Any, frames: int = EXAMPLE_FRAMES, batch: int = EXAMPLE_BATCH) -> UNetSignature:
+    """Example inputs for export: latents, timestep, conditioning, one index input per patched level."""
+    unet = pipe.unet
+    bins = latent_freq_bins(pipe)
+    inputs = {
+        "sample": torch.randn(batch, unet.config.in_channels, frames, bins, generator=torch.Generator().manual_seed(1)),
+        "timestep": torch.full((batch,), 500.0),
+    }
+    dynamic: dict[str, dict[int, str]] = {"sample": {0: "batch", 2: "latent_frames"}, "timestep": {0: "batch"}}
+    cond, cond_dynamic = conditioning_examples(pipe, batch)
+    inputs.update(cond)
+    dynamic.update(cond_dynamic)
+    signature = UNetSignature(inputs, dynamic)
+    state = litefocus_state(pipe)
+    if state is None:
+        return signature
+    for layer in state.layers:
+        signature.levels.setdefault(layer.freq_bins, []).append(layer.name)
+    for width, names in signature.levels.items():
+        level = next(layer.level for layer in state.layers if layer.freq_bins == width)
+        n_tokens = downsampled_length(frames, level) * width
+        m = max(num_samples(n_tokens, state.config.sparse_ratio), 1)
+        name = index_input_name(width)
+        inputs[name] = torch.stack([torch.randperm(n_tokens)[:m] for _ in names])
+        dynamic[name] = {1: f"samples_{width}"}
+    return signature
+
+
+class IndexInputSamples:
+    """Sample source that hands each patched layer its row of the graph's index inputs."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, torch.Tensor] = {}
+
+    def __call__(self, layer: str, n_tokens: int) -> torch.Tensor:
+        return self.rows[layer]
+
+
+class UNetForExport(torch.nn.Module):
+    """The UNet with a flat positional signature: (sample, timestep, *conditioning, *index inputs)."""
+
+    def __init__(self, unet: torch.nn.Module, signature: UNetSignature, samples: IndexInputSamples | None):
+        super().__init__()
+        self.unet = unet
+        self.names = list(signature.inputs)
+        self.levels = signature.levels
+        self.samples = samples
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        named = dict(zip(self.names, args))
+        if self.samples is not None:
+            indices = {width: named.pop(index_input_name(width)) for width in self.levels}
+            self.samples.rows = {
+                layer: indices[width][row] for width, layers in self.levels.items() for row, layer in enumerate(layers)
+            }
+        sample, timestep = named.pop("sample"), named.pop("timestep")
+        if "class_labels" in named:
+            named["encoder_hidden_states"] = None
+        return self.unet(sample, timestep, **named, return_dict=False)[0]
+
+
+def _upsample_for_export(self: Any, hidden_states: torch.Tensor, output_size: Any = None, *args: Any, **kwargs: Any):
+    # diffusers' Upsample2D computes max(out / in) in Python floats and branches on sizes; export
+    # cannot reason about those for a symbolic length. Same math, no size arithmetic.
+    if output_size is None:
+        hidden_states = F.interpolate(hidden_states, scale_factor=2.0, mode="nearest")
+    else:
+        hidden_states = F.interpolate(hidden_states, size=output_size, mode="nearest")
+    return self.conv(hidden_states) if self.use_conv else hidden_states
+
+
+@contextlib.contextmanager
+def export_friendly_upsampling(unet: torch.nn.Module) -> Iterator[None]:
+    from diffusers.models.upsampling import Upsample2D
+
+    swapped = [m for m in unet.modules() if isinstance(m, Upsample2D) and m.interpolate
+               and not m.use_conv_transpose and m.norm is None and getattr(m, "name", "conv") == "conv"]
+    for module in swapped:
+        module.forward = _upsample_for_export.__get__(module)
+    try:
+        yield
+    finally:
+        for module in swapped:
+            del module.forward
+
+
+def rename_dynamic_dims(model: onnx.ModelProto, signature: UNetSignature) -> None:
+    """Give the exporter's symbolic dims (s0, s17, ...) the names of the signature, graph-wide."""
+    mapping: dict[str, str] = {}
+    for value in model.graph.input:
+        for axis, name in signature.dynamic.get(value.name, {}).items():
+            dim = value.type.tensor_type.shape.dim[axis]
+            if dim.dim_param and dim.dim_param != name:
+                mapping.setdefault(dim.dim_param, name)
+    for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in mapping:
+                dim.dim_param = mapping[dim.dim_param]
+
+
+def export_unet(pipe: Any, out_dir: Path, *, attention: str = "litefocus", config: LiteFocusConfig | None = None,
+                opset: int = 18) -> dict[str, Any]:
+    """Export ``pipe.unet`` (patched for LiteFocus, or stock with ``attention="full"``) to ``out_dir/unet.onnx``.
+
+    Returns a description: file, inputs (name, dtype, dynamic axes), patched layers per level.
+    Raises ``ExportError`` if the exported graph lost the custom op or its function.
+    """
+    register_schema()
+    was_patched = litefocus_state(pipe) is not None
+    samples = IndexInputSamples() if attention == "litefocus" else None
+    if samples is not None:
+        patch(pipe, config or LiteFocusConfig(), samples)
+    elif was_patched:
+        unpatch(pipe)
+    try:
+        signature = unet_signature(pipe)
+        model = _trace_to_onnx(UNetForExport(pipe.unet, signature, samples), signature, opset)
+    finally:
+        if samples is not None:
+            unpatch(pipe)
+    expected = sum(len(names) for names in signature.levels.values())
+    if expected:
+        attach_function(model)
+    check_custom_op(model, expected)
+    path = out_dir / UNET_FILE
+    _save(model, path)
+    return {
+        "file": UNET_FILE,
+        "inputs": {name: {"dtype": str(t.dtype).removeprefix("torch."), "dynamic_axes": signature.dynamic[name]}
+                   for name, t in signature.inputs.items()},
+        "outputs": ["noise_pred"],
+        "litefocus_levels": {str(w): names for w, names in signature.levels.items()},
+        "opset": opset,
+    }
+
+
+def _trace_to_onnx(module: torch.nn.Module, signature: UNetSignature, opset: int) -> onnx.ModelProto:
+    auto = torch.export.Dim.AUTO
+    dynamic_shapes = tuple({axis: auto for axis in signature.dynamic[name]} for name in signature.inputs)
+    args = tuple(signature.inputs.values())
+    start = time.perf_counter()
+    log.info("tracing the UNet (torch.export) ...")
+    with torch.no_grad(), export_friendly_upsampling(module.unet):
+        try:
+            program = torch.export.export(module.eval(), args, dynamic_shapes=(dynamic_shapes,), strict=False,
+                                          prefer_deferred_runtime_asserts_over_guards=True)
+        except Exception as exc:  # noqa: BLE001 - torch.export raises many types
+            raise ExportError(f"torch.export of the UNet failed: {str(exc).splitlines()[0]}") from exc
+    log.info("traced in %.1f s; translating to ONNX opset %d ...", time.perf_counter() - start, opset)
+    start = time.perf_counter()
+    onnx_program = torch.onnx.export(
+        program, dynamo=True, opset_version=opset, input_names=list(signature.inputs), output_names=["noise_pred"],
+        custom_translation_table={torch.ops.litefocus.dual_sparse_attention.default: translate_op},
+        optimize=False, verbose=False,
+    )
+    model = onnx_program.model_proto
+    rename_dynamic_dims(model, signature)
+    log.info("translated in %.1f s", time.perf_counter() - start)
+    return model
+
+
+def check_custom_op(model: onnx.ModelProto, expected_nodes: int) -> None:
+    """The export contract: one custom node per patched layer, and the function body beside them."""
+    nodes = sum(1 for n in model.graph.node if n.domain == DOMAIN and n.op_type == OP_TYPE)
+    has_function = any(f.domain == DOMAIN and f.name == OP_TYPE for f in model.functions)
+    if nodes != expected_nodes:
+        raise ExportError(f"exported UNet has {nodes} {OP_TYPE} nodes, expected {expected_nodes} (op was inlined?)")
+    if expected_nodes and not has_function:
+        raise ExportError(f"exported UNet lacks the {DOMAIN}::{OP_TYPE} function body")
+
+
+def _save(model: onnx.ModelProto, path: Path) -> None:
+    """Save, with external data when the model is over protobuf's 2 GB limit."""
+    large = model.ByteSize() > 1_800_000_000 if hasattr(model, "ByteSize") else True
+    if large:
+        onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=path.name + ".data", size_threshold=1024)
+    else:
+        onnx.save(model, path)
+    onnx.checker.check_model(str(path), full_check=True)
