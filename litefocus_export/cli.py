@@ -64,11 +64,7 @@ def attention_options(func):  # noqa: ANN001, ANN201
 def litefocus_config(sparse_ratio: float, levels: str, seed: int = 0):  # noqa: ANN201
     from .attention.config import LiteFocusConfig
 
-    try:
-        widths = tuple(int(w) for w in levels.split(",") if w.strip())
-    except ValueError:
-        raise UsageError(f"--levels must be comma-separated integers, got {levels!r}") from None
-    return LiteFocusConfig(sparse_ratio=sparse_ratio, levels=widths, seed=seed)
+    return LiteFocusConfig(sparse_ratio=sparse_ratio, levels=parse_levels(levels), seed=seed)
 
 
 def request_options(func):  # noqa: ANN001, ANN201
@@ -99,7 +95,7 @@ def generate(backend, model, engines, attention, sparse_ratio, levels, prompt, s
              guidance, negative_prompt, scheduler, out) -> None:
     """Generate audio from text with PyTorch or with built engines."""
     from .audio import write_wav
-    from .pytorch import GenerationRequest
+    from .request import GenerationRequest
 
     backend = backend or ("engines" if engines else "torch")
     request = GenerationRequest(prompt=prompt, seconds=seconds, steps=steps, seed=seed, guidance=guidance,
@@ -120,3 +116,95 @@ def generate(backend, model, engines, attention, sparse_ratio, levels, prompt, s
         waveform, sample_rate = generate_from_engines(engines, request)
     write_wav(out, waveform, sample_rate)
     click.echo(f"wrote {out} ({len(waveform) / sample_rate:.2f} s at {sample_rate} Hz)")
+
+
+def parse_levels(levels: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(w) for w in levels.split(",") if w.strip())
+    except ValueError:
+        raise UsageError(f"--levels must be comma-separated integers, got {levels!r}") from None
+
+
+def export_settings(attention: str, sparse_ratio: float, levels: str, opset: int = 18, precision: str = "fp32",
+                    stages: str | None = None, verify: bool = False):  # noqa: ANN201
+    from .export import ExportSettings
+
+    chosen = tuple(s.strip() for s in stages.split(",") if s.strip()) if stages else None
+    return ExportSettings(attention=attention, sparse_ratio=sparse_ratio, levels=parse_levels(levels), opset=opset,
+                          precision=precision, stages=chosen, verify=verify)
+
+
+@main.command("export")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Model spec or local diffusers folder.")
+@click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@attention_options
+@click.option("--opset", type=int, default=18, show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--stages", default=None, help="Comma-separated stages (default: all of the pipeline).")
+@click.option("--verify", is_flag=True, help="Compare every stage with PyTorch on ONNX Runtime (CPU).")
+def export_cmd(model, out, attention, sparse_ratio, levels, opset, precision, stages, verify) -> None:  # noqa: ANN001
+    """Export a pipeline's stages to ONNX (the UNet with the DualSparseAttention op)."""
+    from .export import export_pipeline
+
+    settings = export_settings(attention, sparse_ratio, levels, opset, precision, stages, verify)
+    manifest = export_pipeline(model, out, settings)
+    for name, desc in manifest["stages"].items():
+        click.echo(f"  {name:18s} {desc['file']}")
+    for name, result in (manifest.get("verification") or {}).items():
+        click.echo(f"  verify {name:18s} max abs {result['max_abs']:.3e}  max rel {result['max_rel']:.3e}")
+    click.echo(f"exported {model} to {out}")
+
+
+@main.command()
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Model spec or local diffusers folder.")
+@click.option("--seconds", default=None, help="Longest audio to serve (profile 1:S:S). Default 10.")
+@click.option("--profile", "profile_text", default=None, help="MIN:OPT:MAX seconds.")
+@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="ONNX Runtime execution provider.")
+@click.option("--attention-impl", type=click.Choice(["native", "plugin"]), default="native", show_default=True,
+              help="TensorRT: the function body (native) or the fused plugin.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@attention_options
+@click.option("--out", "out", type=click.Path(path_type=Path), default=Path("engines"), show_default=True)
+def build(model, seconds, profile_text, backend, device, attention_impl, precision, attention, sparse_ratio,  # noqa: ANN001
+          levels, out) -> None:
+    """Export (cached) and build engines for one duration profile."""
+    from .build import BuildSettings, build_engines
+    from .profiles import DurationProfile
+
+    if seconds and profile_text:
+        raise UsageError("give --seconds or --profile, not both")
+    profile = DurationProfile.parse(profile_text) if profile_text else DurationProfile.for_seconds(seconds or 10)
+    settings = BuildSettings(model=model, profile=profile, backend=backend, device=device,
+                             attention_impl=attention_impl,
+                             export=export_settings(attention, sparse_ratio, levels, precision=precision))
+    folder = build_engines(settings, out)
+    lo, opt, hi = profile.latent_frames()
+    click.echo(f"engines: {folder}")
+    click.echo(f"  covers {profile.min_s:g}-{profile.max_s:g} s (latent frames {lo}-{hi}, tuned for {opt}); "
+               f"{backend} {precision}, {attention} attention")
+    click.echo(f"  next: litefocus-export generate --engines {folder} --prompt '...' --seconds {profile.max_s:g} "
+               f"--out out.wav")
+
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+def inspect(folder) -> None:  # noqa: ANN001
+    """Print a summary of an engine or export folder's manifest."""
+    from .manifest import read_manifest
+
+    m = read_manifest(folder)
+    click.echo(f"{folder}: {m.get('kind')} folder, format {m['format_version']}, created {m.get('created')}")
+    click.echo(f"  model      {m['model']['spec']} ({m['model']['pipeline']})")
+    click.echo(f"  attention  {m['attention']}" + (f" {m['litefocus']}" if m.get("litefocus") else ""))
+    click.echo(f"  precision  {m['precision']}")
+    if "backend" in m:
+        b = m["backend"]
+        click.echo(f"  backend    {b['name']} {b.get('version')} on {b.get('device')} ({b.get('architecture')})")
+        for p in m.get("profiles", []):
+            click.echo(f"  profile    {p['min_s']:g}-{p['max_s']:g} s (opt {p['opt_s']:g} s)")
+    for name, desc in m["stages"].items():
+        click.echo(f"  stage      {name:18s} {desc.get('engine', desc['file'])}")
+    click.echo(f"  files      {len(m['files'])}, {sum(f['bytes'] for f in m['files'].values()) / 1e6:.1f} MB, "
+               f"hashes verified")

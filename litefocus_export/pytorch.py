@@ -9,39 +9,17 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
-from .errors import UsageError
-from .geometry import AudioGeometry, check_seconds
+from .geometry import AudioGeometry
+from .request import GenerationRequest, SchedulerName
 from .sampling import initial_noise, seeded_streams
 
 log = logging.getLogger(__name__)
 
 Attention = Literal["litefocus", "full"]
-SchedulerName = Literal["ddim", "dpm"]
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    """One text-to-audio request (shared by every backend)."""
-
-    prompt: str
-    seconds: float
-    steps: int = 10
-    seed: int = 0
-    guidance: float | None = None  # None: the pipeline's default
-    negative_prompt: str | None = None
-    scheduler: SchedulerName = "ddim"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "seconds", check_seconds(self.seconds))
-        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
-            raise UsageError(f"steps must be a positive integer, got {self.steps!r}")
-        if self.scheduler not in ("ddim", "dpm"):
-            raise UsageError(f"scheduler must be ddim or dpm, got {self.scheduler!r}")
 
 
 def pipeline_geometry(pipe: Any) -> AudioGeometry:

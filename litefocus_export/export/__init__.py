@@ -1,0 +1,179 @@
+"""Export a diffusers audio pipeline to ONNX: the (patched) UNet and every other stage.
+
+``export_pipeline`` writes into a temp folder beside the destination and renames it into place when
+complete, with a ``manifest.json`` listing every file and the settings it was made with.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ..errors import ExportError, UsageError
+
+log = logging.getLogger(__name__)
+
+STAGES = {
+    "audioldm2": ("unet", "text_encoder", "text_encoder_2", "projection_model", "language_model",
+                  "vae_decoder", "vocoder"),
+    "audioldm": ("unet", "text_encoder", "vae_decoder", "vocoder"),
+    "musicldm": ("unet", "text_encoder", "vae_decoder", "vocoder"),
+}
+ALL_STAGES = tuple(dict.fromkeys(s for stages in STAGES.values() for s in stages))
+# fp16: ops whose range or accumulation needs fp32 stay fp32 (DESIGN.md: keep LayerNorm/softmax-sensitive parts)
+FP16_KEEP_FP32 = ["Softmax", "LayerNormalization", "GroupNormalization", "InstanceNormalization", "ReduceMean",
+                  "Pow", "Sqrt", "Exp", "Log", "DualSparseAttention", "Resize", "Range"]
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """How to export. ``stages=None`` exports every stage of the pipeline."""
+
+    attention: Literal["litefocus", "full"] = "litefocus"
+    sparse_ratio: float = 0.1
+    levels: tuple[int, ...] = (8,)
+    opset: int = 18
+    precision: Literal["fp32", "fp16"] = "fp32"
+    stages: tuple[str, ...] | None = None
+    verify: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from ..attention.onnx_function import MIN_OPSET
+
+        if self.attention not in ("litefocus", "full"):
+            raise UsageError(f"attention must be litefocus or full, got {self.attention!r}")
+        if self.precision not in ("fp32", "fp16"):
+            raise UsageError(f"precision must be fp32 or fp16, got {self.precision!r}")
+        if self.opset < MIN_OPSET:
+            raise UsageError(f"opset {self.opset} is too old: the DualSparseAttention body needs opset >= {MIN_OPSET}")
+        unknown = [s for s in self.stages or () if s not in ALL_STAGES]
+        if unknown:
+            raise UsageError(f"unknown stage {unknown[0]!r}; stages: {', '.join(ALL_STAGES)}")
+
+    def litefocus_config(self):  # noqa: ANN201
+        from ..attention.config import LiteFocusConfig
+
+        return LiteFocusConfig(sparse_ratio=self.sparse_ratio, levels=self.levels)
+
+
+def check_output_folder(out_dir: Path) -> None:
+    """Fail early, in one line, when ``out_dir`` cannot be written."""
+    parent = out_dir.parent if not out_dir.exists() else out_dir
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"cannot write to {out_dir}: {parent} is not writable")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"{out_dir} exists and is not a folder")
+
+
+def stages_for(kind: str, requested: Sequence[str] | None) -> list[str]:
+    valid = STAGES[kind]
+    if requested is None:
+        return list(valid)
+    missing = [s for s in requested if s not in valid]
+    if missing:
+        raise UsageError(f"stage {missing[0]!r} does not exist in a {kind} pipeline; stages: {', '.join(valid)}")
+    return list(requested)
+
+
+def replace_folder(tmp: Path, out_dir: Path) -> None:
+    """Move a finished folder into place; an earlier one there is swapped out, then deleted."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def convert_to_fp16(path: Path) -> None:
+    """fp16 weights and math, fp32 graph inputs/outputs and sensitive ops (FP16_KEEP_FP32)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(path))
+    model = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_KEEP_FP32,
+                                     disable_shape_infer=True)
+    onnx.save(model, str(path))
+
+
+def export_pipeline(spec: str, out_dir: str | os.PathLike, settings: ExportSettings | None = None) -> dict[str, Any]:
+    """Export every requested stage of the pipeline ``spec`` to ``out_dir``; returns the manifest.
+
+    Raises:
+        UsageError: bad settings, unknown stage, unwritable folder, unknown model.
+        ExportError: the export itself failed or broke the custom-op contract.
+    """
+    from ..manifest import tool_versions, write_manifest
+    from ..models import load_pipeline, pipeline_kind, spec_fingerprint
+    from ..pytorch import pipeline_geometry
+    from .stages import export_stages
+    from .unet import export_unet
+
+    settings = settings or ExportSettings()
+    out_dir = Path(out_dir)
+    check_output_folder(out_dir)
+    pipe = load_pipeline(spec)
+    kind = pipeline_kind(pipe)
+    stages = stages_for(kind, settings.stages)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        descriptions = _export_into(pipe, tmp, stages, settings, export_unet, export_stages)
+        geometry = pipeline_geometry(pipe)
+        data = {
+            "kind": "export",
+            "model": {"spec": str(spec), "fingerprint": spec_fingerprint(spec), "pipeline": kind},
+            "geometry": {**geometry.__dict__, "latent_channels": int(pipe.unet.config.in_channels)},
+            "attention": settings.attention,
+            "litefocus": settings.litefocus_config().to_dict() if settings.attention == "litefocus" else None,
+            "opset": settings.opset,
+            "precision": settings.precision,
+            "stages": descriptions,
+            "tools": tool_versions("litefocus-export", "torch", "diffusers", "transformers", "onnx", "onnxscript",
+                                   "onnxruntime"),
+        }
+        if settings.verify:
+            from .verify import verify_export
+
+            results = verify_export(pipe, tmp, data, settings)
+            data["verification"] = {name: {"max_abs": a, "max_rel": r} for name, (a, r) in results.items()}
+        manifest = write_manifest(tmp, data, sorted(os.listdir(tmp)))
+        replace_folder(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _export_into(pipe: Any, folder: Path, stages: list[str], settings: ExportSettings, export_unet: Any,
+                 export_stages: Any) -> dict[str, Any]:
+    descriptions: dict[str, Any] = {}
+    if "unet" in stages:
+        start = time.perf_counter()
+        log.info("exporting unet (%s attention) ...", settings.attention)
+        descriptions["unet"] = export_unet(pipe, folder, attention=settings.attention,
+                                           config=settings.litefocus_config(), opset=settings.opset)
+        if settings.precision == "fp16":
+            convert_to_fp16(folder / descriptions["unet"]["file"])
+        log.info("unet exported in %.1f s", time.perf_counter() - start)
+    others = [s for s in stages if s != "unet"]
+    if others:
+        try:
+            descriptions.update(export_stages(pipe, folder, opset=settings.opset, precision=settings.precision,
+                                              stages=others))
+        except (UsageError, ExportError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - exporter failures come in many types
+            raise ExportError(f"exporting {', '.join(others)} failed: {str(exc).splitlines()[0]}") from exc
+    return descriptions

@@ -51,9 +51,9 @@ def index_input_name(width: int) -> str:
 def conditioning_examples(pipe: Any, batch: int) -> tuple[dict[str, torch.Tensor], dict[str, dict[int, str]]]:
     """Example conditioning inputs of the UNet, named after its forward arguments."""
     unet = pipe.unet
+    gen = torch.Generator().manual_seed(0)
     if pipeline_kind(pipe) == "audioldm2":
         dims = [d for d in unet.config.cross_attention_dim[0] if d is not None]
-        gen = torch.Generator().manual_seed(0)
         inputs = {
             "encoder_hidden_states": torch.randn(batch, 8, dims[0], generator=gen),
             "encoder_hidden_states_1": torch.randn(batch, 7, dims[1], generator=gen),
@@ -66,7 +66,7 @@ def conditioning_examples(pipe: Any, batch: int) -> tuple[dict[str, torch.Tensor
         }
         return inputs, dynamic
     dim = unet.config.projection_class_embeddings_input_dim
-    return {"class_labels": torch.randn(batch, dim)}, {"class_labels": {0: "batch"}}
+    return {"class_labels": torch.randn(batch, dim, generator=gen)}, {"class_labels": {0: "batch"}}
 
 
 def unet_signature(pipe: Any, frames: int = EXAMPLE_FRAMES, batch: int = EXAMPLE_BATCH) -> UNetSignature:
@@ -169,6 +169,12 @@ def rename_dynamic_dims(model: onnx.ModelProto, signature: UNetSignature) -> Non
                 dim.dim_param = mapping[dim.dim_param]
 
 
+def describe_input(example: torch.Tensor, dynamic: dict[int, str]) -> dict[str, Any]:
+    """dtype, dynamic axes and shape (ints for static dims, names for dynamic ones) of one graph input."""
+    shape = [dynamic.get(axis, int(size)) for axis, size in enumerate(example.shape)]
+    return {"dtype": str(example.dtype).removeprefix("torch."), "dynamic_axes": dynamic, "shape": shape}
+
+
 def export_unet(pipe: Any, out_dir: Path, *, attention: str = "litefocus", config: LiteFocusConfig | None = None,
                 opset: int = 18) -> dict[str, Any]:
     """Export ``pipe.unet`` (patched for LiteFocus, or stock with ``attention="full"``) to ``out_dir/unet.onnx``.
@@ -185,6 +191,7 @@ def export_unet(pipe: Any, out_dir: Path, *, attention: str = "litefocus", confi
         unpatch(pipe)
     try:
         signature = unet_signature(pipe)
+        layers = list(litefocus_state(pipe).layers) if samples is not None else []
         model = _trace_to_onnx(UNetForExport(pipe.unet, signature, samples), signature, opset)
     finally:
         if samples is not None:
@@ -197,10 +204,10 @@ def export_unet(pipe: Any, out_dir: Path, *, attention: str = "litefocus", confi
     _save(model, path)
     return {
         "file": UNET_FILE,
-        "inputs": {name: {"dtype": str(t.dtype).removeprefix("torch."), "dynamic_axes": signature.dynamic[name]}
-                   for name, t in signature.inputs.items()},
+        "inputs": {name: describe_input(t, signature.dynamic[name]) for name, t in signature.inputs.items()},
         "outputs": ["noise_pred"],
         "litefocus_levels": {str(w): names for w, names in signature.levels.items()},
+        "litefocus_layers": [{"name": layer.name, "level": layer.level, "width": layer.freq_bins} for layer in layers],
         "opset": opset,
     }
 

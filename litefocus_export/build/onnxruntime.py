@@ -1,0 +1,90 @@
+"""ONNX Runtime engines: each stage saved as an offline-optimised graph plus its session settings.
+
+The saved graph has ORT's graph optimisations applied once at build time (the custom op's function
+body inlined, constants folded, ops fused), so a runtime session starts fast and runs the same
+graph that was measured. Optimised CPU graphs are tied to the CPU features they were built on, which
+the engine key records.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import BuildError
+
+log = logging.getLogger(__name__)
+PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+
+
+def session_options(optimized_path: Path | None = None, threads: int = 0) -> Any:
+    """Session settings engines are built and run with."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    if optimized_path is not None:
+        options.optimized_model_filepath = str(optimized_path)
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                         optimized_path.name + ".data")
+        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                         "1024")
+    return options
+
+
+def device_of(providers: list[str]) -> str:
+    return "cuda" if providers and providers[0] == "CUDAExecutionProvider" else "cpu"
+
+
+def available_device(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    providers = PROVIDERS[device]
+    if providers[0] not in ort.get_available_providers():
+        raise BuildError(f"ONNX Runtime here has no {providers[0]} (installed: "
+                         f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu or use --device cpu")
+    return providers
+
+
+class OrtEngineFromOnnx:
+    """Loader step: ONNX file -> optimised ONNX Runtime graph written to ``out_path``."""
+
+    def __init__(self, onnx_path: Path, out_path: Path, providers: list[str]):
+        self.onnx_path, self.out_path, self.providers = onnx_path, out_path, providers
+
+    def __call__(self) -> Path:
+        import onnxruntime as ort
+
+        start = time.perf_counter()
+        try:
+            ort.InferenceSession(str(self.onnx_path), session_options(self.out_path), providers=self.providers)
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+            raise BuildError(f"ONNX Runtime could not build {self.onnx_path.name}: {str(exc).splitlines()[0]}") from exc
+        log.info("built %s in %.1f s", self.out_path.name, time.perf_counter() - start)
+        return self.out_path
+
+
+def backend_info(providers: list[str]) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    from .cache import cpu_architecture
+
+    info = {"name": "onnxruntime", "version": ort.__version__, "providers": providers,
+            "device": device_of(providers), "architecture": cpu_architecture()}
+    if info["device"] == "cuda":
+        info["architecture"] = _cuda_architecture() or info["architecture"]
+    return info
+
+
+def _cuda_architecture() -> str | None:
+    try:
+        import subprocess
+
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+        return out.strip().splitlines()[0]
+    except Exception:  # noqa: BLE001 - absent tool or driver
+        return None

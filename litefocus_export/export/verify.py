@@ -1,0 +1,66 @@
+"""Exported files vs PyTorch: ONNX Runtime (CPU) and the pipeline on the same inputs and samples."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..attention import QueuedSamples, patched
+from .unet import index_input_name, unet_signature
+
+log = logging.getLogger(__name__)
+VERIFY_FRAMES = (21, 30)  # two latent lengths: odd, and even but not a multiple of 8
+
+
+def errors(actual: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
+    """(max abs error, max abs error / max abs expected)."""
+    diff = float(np.abs(actual.astype(np.float64) - expected).max())
+    return diff, diff / max(float(np.abs(expected).max()), 1e-30)
+
+
+def verify_unet(pipe: Any, path: Path, settings: Any, frames: int) -> tuple[float, float]:
+    """Run ``path`` (the UNet ONNX) and the PyTorch UNet at ``frames`` latent frames; return errors."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    litefocus = settings.attention == "litefocus"
+    config = settings.litefocus_config()
+    with patched(pipe, config) if litefocus else contextlib.nullcontext():
+        signature = unet_signature(pipe, frames=frames)
+    feeds = {name: t.numpy() for name, t in signature.inputs.items()}
+    torch_inputs = {k: v for k, v in signature.inputs.items() if not k.startswith("litefocus_index_")}
+    sample, timestep = torch_inputs.pop("sample"), torch_inputs.pop("timestep")
+    if "class_labels" in torch_inputs:
+        torch_inputs["encoder_hidden_states"] = None
+    with torch.no_grad():
+        if litefocus:
+            queued = {layer: [feeds[index_input_name(width)][row]]
+                      for width, layers in signature.levels.items() for row, layer in enumerate(layers)}
+            with patched(pipe, config, QueuedSamples(queued)):
+                expected = pipe.unet(sample, timestep, **torch_inputs, return_dict=False)[0].numpy()
+        else:
+            expected = pipe.unet(sample, timestep, **torch_inputs, return_dict=False)[0].numpy()
+    (actual,) = session.run(None, feeds)
+    return errors(actual, expected)
+
+
+def verify_export(pipe: Any, folder: Path, manifest: dict[str, Any], settings: Any) -> dict[str, tuple[float, float]]:
+    """Errors per stage (``unet@<frames>`` for the UNet at each verified length), also logged."""
+    from .stages import verify_stages
+
+    results: dict[str, tuple[float, float]] = {}
+    stages = manifest["stages"]
+    if "unet" in stages:
+        for frames in VERIFY_FRAMES:
+            results[f"unet@{frames}"] = verify_unet(pipe, folder / stages["unet"]["file"], settings, frames)
+    others = {name: desc for name, desc in stages.items() if name != "unet"}
+    if others:
+        results.update(verify_stages(pipe, folder, others))
+    for name, (abs_err, rel_err) in results.items():
+        log.info("verify %-22s max abs %.3e  max rel %.3e", name, abs_err, rel_err)
+    return results
