@@ -26,6 +26,7 @@ class LiteFocusAttnProcessor:
         self.config = config
         self.samples = samples
         self.fallback = fallback
+        self.impl = "op"  # or "reference" / "fast": see dual_sparse_attention
 
     def _handles(self, attn: Any, hidden_states: torch.Tensor, context: Any, mask: Any) -> bool:
         return (
@@ -69,7 +70,7 @@ class LiteFocusAttnProcessor:
         out = dual_sparse_attention(
             query, key, value, self.sample_index(n_tokens, query.device),
             freq_bins=self.freq_bins, scale=attn.scale,
-            same_frequency=self.config.same_frequency, cross_frequency=self.config.cross_frequency,
+            same_frequency=self.config.same_frequency, cross_frequency=self.config.cross_frequency, impl=self.impl,
         )
         out = out.transpose(1, 2).reshape(batch, n_tokens, attn.heads * head_dim).to(query.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
