@@ -26,3 +26,22 @@ def tiny_pipeline_factory() -> Callable[..., Any]:
         return copy.deepcopy(built[spec])
 
     return factory
+
+
+@pytest.fixture(scope="session")
+def tiny_build(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The default model exported (with --verify) and built for ONNX Runtime CPU at a 1-80 s profile, once.
+
+    Returns ``(engine folder, export folder, settings)``; the export cache lives in a session temp folder.
+    """
+    import os
+
+    from litefocus_export.build import BuildSettings, build_engines, cached_export
+    from litefocus_export.export import ExportSettings
+    from litefocus_export.profiles import DurationProfile
+
+    root = tmp_path_factory.mktemp("build")
+    os.environ["LITEFOCUS_CACHE"] = str(root / "cache")
+    settings = BuildSettings(profile=DurationProfile.for_seconds(80), export=ExportSettings(verify=True))
+    engines = build_engines(settings, root / "engines")
+    return engines, cached_export(settings), settings

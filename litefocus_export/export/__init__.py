@@ -66,13 +66,13 @@ class ExportSettings:
 
 def check_output_folder(out_dir: Path) -> None:
     """Fail early, in one line, when ``out_dir`` cannot be written."""
-    parent = out_dir.parent if not out_dir.exists() else out_dir
+    parent = out_dir
     while not parent.exists():
         parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"cannot write to {out_dir}: {parent} exists and is not a folder")
     if not os.access(parent, os.W_OK):
         raise UsageError(f"cannot write to {out_dir}: {parent} is not writable")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"{out_dir} exists and is not a folder")
 
 
 def stages_for(kind: str, requested: Sequence[str] | None) -> list[str]:

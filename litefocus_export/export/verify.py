@@ -62,5 +62,5 @@ def verify_export(pipe: Any, folder: Path, manifest: dict[str, Any], settings: A
     if others:
         results.update(verify_stages(pipe, folder, others))
     for name, (abs_err, rel_err) in results.items():
-        log.info("verify %-22s max abs %.3e  max rel %.3e", name, abs_err, rel_err)
+        log.debug("verify %-22s max abs %.3e  max rel %.3e", name, abs_err, rel_err)
     return results

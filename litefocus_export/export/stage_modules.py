@@ -1,0 +1,228 @@
+"""The non-UNet stages of a pipeline as small export-ready modules, with their example inputs.
+
+Each wrapper computes exactly what the diffusers pipeline computes between two tensors the runtime sees
+(``encode_prompt`` / ``_encode_prompt``, ``generate_language_model``, ``decode_latents``,
+``mel_spectrogram_to_waveform``), so the ONNX graph plus the numpy glue in ``runtime/`` reproduces the
+pipeline. Inputs and outputs are named after what the runtime feeds and reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UsageError
+from ..runtime.conditioning import TEXT_STAGES
+from ..runtime.decode import DECODE_STAGES
+
+Exporter = Literal["torchscript", "dynamo"]
+Axes = dict[int, str]
+
+
+class ClapTextFeatures(nn.Module):
+    """AudioLDM2 / MusicLDM: ``ClapModel.get_text_features`` (pooler_output in transformers 5).
+
+    AudioLDM2 appends a sequence axis of length 1 (``prompt_embeds[:, None, :]`` in ``encode_prompt``).
+    """
+
+    def __init__(self, clap: nn.Module, sequence_axis: bool) -> None:
+        super().__init__()
+        self.clap, self.sequence_axis = clap, sequence_axis
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.clap.get_text_features(input_ids, attention_mask=attention_mask)
+        embeds = getattr(out, "pooler_output", out)
+        return embeds[:, None, :] if self.sequence_axis else embeds
+
+
+class ClapTextNormalized(nn.Module):
+    """AudioLDM: ``ClapTextModelWithProjection(...).text_embeds`` followed by the pipeline's L2 normalisation."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.encoder(input_ids, attention_mask=attention_mask).text_embeds, dim=-1)
+
+
+class T5Hidden(nn.Module):
+    """AudioLDM2 ``text_encoder_2``: the T5 encoder's last hidden state."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.encoder(input_ids, attention_mask=attention_mask)[0]
+
+
+class Projection(nn.Module):
+    """``AudioLDM2ProjectionModel``: both text encodings + masks -> the language model's prompt and mask."""
+
+    def __init__(self, projection: nn.Module) -> None:
+        super().__init__()
+        self.projection = projection
+
+    def forward(self, hidden_states: torch.Tensor, hidden_states_1: torch.Tensor, attention_mask: torch.Tensor,
+                attention_mask_1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.projection(hidden_states=hidden_states, hidden_states_1=hidden_states_1,
+                              attention_mask=attention_mask, attention_mask_1=attention_mask_1)
+        return out.hidden_states, out.attention_mask
+
+
+class LanguageModelStep(nn.Module):
+    """One step of ``generate_language_model`` without a KV cache: the last position's final hidden state.
+
+    The pipeline takes ``output.hidden_states[-1][:, -1:, :]`` of the LM-head model; that is the base
+    transformer's ``last_hidden_state`` (after the final layer norm), so the LM head is left out.
+    """
+
+    def __init__(self, language_model: nn.Module) -> None:
+        super().__init__()
+        self.transformer = getattr(language_model, "base_model", language_model)
+
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.transformer(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False)
+        return out.last_hidden_state[:, -1:, :]
+
+
+class VaeDecoder(nn.Module):
+    """``decode_latents``: ``vae.decode(1 / scaling_factor * latents).sample`` -> mel ``(B, 1, T_mel, F_mel)``."""
+
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.vae, self.scaling_factor = vae, float(vae.config.scaling_factor)
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(1 / self.scaling_factor * latents).sample
+
+
+class Vocoder(nn.Module):
+    """``mel_spectrogram_to_waveform``: squeeze the channel axis, run the HiFi-GAN -> ``(B, samples)``."""
+
+    def __init__(self, vocoder: nn.Module) -> None:
+        super().__init__()
+        self.vocoder = vocoder
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        return self.vocoder(mel.squeeze(1))
+
+
+# --- example inputs: padding in row 0 (ids = pad id where the mask is 0), as tokenizers produce ---
+def _padded_mask(batch: int, length: int, start: int, stop: int) -> torch.Tensor:
+    mask = torch.ones(batch, length, dtype=torch.int64)
+    mask[0, start:stop] = 0
+    return mask
+
+
+def _token_inputs(config: Any, batch: int, length: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    mask = _padded_mask(batch, length, length // 2 + 1, length)
+    ids = torch.randint(4, min(int(config.vocab_size), 256), (batch, length), generator=gen)
+    ids = torch.where(mask.bool(), ids, torch.full_like(ids, int(config.pad_token_id or 0)))
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _clap_text_config(pipe: Any) -> Any:
+    config = pipe.text_encoder.config
+    return getattr(config, "text_config", config)
+
+
+def _projection_inputs(pipe: Any, batch: int, length: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    config = pipe.projection_model.config
+    return {
+        "hidden_states": torch.randn(batch, 1, config.text_encoder_dim, generator=gen),
+        "hidden_states_1": torch.randn(batch, length, config.text_encoder_1_dim, generator=gen),
+        "attention_mask": torch.ones(batch, 1, dtype=torch.int64),
+        "attention_mask_1": _padded_mask(batch, length, length // 2 + 1, length),
+    }
+
+
+def _language_model_inputs(pipe: Any, batch: int, length: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    # Padding sits inside the sequence, as in a projected negative prompt (SOS, CLAP, EOS, SOS, T5 + pad, EOS).
+    hidden = pipe.language_model.config.hidden_size
+    return {"inputs_embeds": torch.randn(batch, length, hidden, generator=gen),
+            "attention_mask": _padded_mask(batch, length, length // 2, length - 2)}
+
+
+def _latent_inputs(pipe: Any, batch: int, length: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    channels = pipe.vae.config.latent_channels
+    bins = int(pipe.vocoder.config.model_in_dim) // int(pipe.vae_scale_factor)
+    return {"latents": torch.randn(batch, channels, length, bins, generator=gen)}
+
+
+def _mel_inputs(pipe: Any, batch: int, length: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    frames = length * int(pipe.vae_scale_factor)
+    return {"mel": torch.randn(batch, 1, frames, int(pipe.vocoder.config.model_in_dim), generator=gen)}
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One exportable stage: its wrapper, example inputs, dynamic axes and preferred exporter.
+
+    ``exporter`` is the measured choice for the stage (tiny models, 2 CPU cores): the TorchScript exporter
+    is 3-20x faster where its trace stays valid for every shape; T5 needs ``dynamo`` because tracing bakes
+    the example length into its relative position bias. The other exporter is the fallback.
+    """
+
+    name: str
+    module: Callable[[Any], nn.Module]
+    examples: Callable[[Any, int, int, torch.Generator], dict[str, torch.Tensor]]
+    inputs: dict[str, Axes]
+    outputs: dict[str, Axes]
+    exporter: Exporter = "torchscript"
+
+
+_TOKENS: dict[str, Axes] = {"input_ids": {0: "batch", 1: "text_tokens"},
+                            "attention_mask": {0: "batch", 1: "text_tokens"}}
+
+
+def _text_encoder_spec(kind: str) -> StageSpec:
+    if kind == "audioldm":
+        module: Callable[[Any], nn.Module] = lambda pipe: ClapTextNormalized(pipe.text_encoder)  # noqa: E731
+    else:
+        module = lambda pipe: ClapTextFeatures(pipe.text_encoder, kind == "audioldm2")  # noqa: E731
+    return StageSpec("text_encoder", module, lambda p, b, n, g: _token_inputs(_clap_text_config(p), b, n, g),
+                     _TOKENS, {"text_embeds": {0: "batch"}})
+
+
+_COMMON: dict[str, StageSpec] = {
+    "text_encoder_2": StageSpec(
+        "text_encoder_2", lambda pipe: T5Hidden(pipe.text_encoder_2),
+        lambda p, b, n, g: _token_inputs(p.text_encoder_2.config, b, n, g),
+        _TOKENS, {"last_hidden_state": {0: "batch", 1: "text_tokens"}}, exporter="dynamo"),
+    "projection_model": StageSpec(
+        "projection_model", lambda pipe: Projection(pipe.projection_model), _projection_inputs,
+        {"hidden_states": {0: "batch"}, "hidden_states_1": {0: "batch", 1: "text_tokens"},
+         "attention_mask": {0: "batch"}, "attention_mask_1": {0: "batch", 1: "text_tokens"}},
+        {"projected_hidden_states": {0: "batch", 1: "lm_tokens"},
+         "projected_attention_mask": {0: "batch", 1: "lm_tokens"}}),
+    "language_model": StageSpec(
+        "language_model", lambda pipe: LanguageModelStep(pipe.language_model), _language_model_inputs,
+        {"inputs_embeds": {0: "batch", 1: "lm_tokens"}, "attention_mask": {0: "batch", 1: "lm_tokens"}},
+        {"next_hidden_state": {0: "batch"}}),
+    "vae_decoder": StageSpec(
+        "vae_decoder", lambda pipe: VaeDecoder(pipe.vae), _latent_inputs,
+        {"latents": {0: "batch", 2: "latent_frames"}}, {"mel": {0: "batch", 2: "mel_frames"}}),
+    "vocoder": StageSpec(
+        "vocoder", lambda pipe: Vocoder(pipe.vocoder), _mel_inputs,
+        {"mel": {0: "batch", 2: "mel_frames"}}, {"waveform": {0: "batch", 1: "samples"}}),
+}
+
+
+def stage_names(kind: str) -> tuple[str, ...]:
+    """Every non-UNet stage of a pipeline kind, in pipeline order."""
+    return (*TEXT_STAGES[kind], *DECODE_STAGES)
+
+
+def stage_spec(kind: str, name: str) -> StageSpec:
+    """The spec of stage ``name`` of a pipeline kind; UsageError for a stage the kind does not have."""
+    valid = stage_names(kind)
+    if name not in valid:
+        raise UsageError(f"unknown stage {name!r} for {kind}; valid stages: {', '.join(valid)}")
+    return _text_encoder_spec(kind) if name == "text_encoder" else _COMMON[name]

@@ -1,0 +1,112 @@
+"""Non-UNet stage export: every file passes onnx.checker, ONNX Runtime matches PyTorch, bad requests fail."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import onnx
+import pytest
+import torch
+
+from litefocus_export.errors import UsageError
+from litefocus_export.export import stage_modules
+from litefocus_export.export.stages import export_stages, verify_stages
+from litefocus_export.models import pipeline_kind
+
+TINY = ["random:audioldm2-tiny", "random:audioldm-tiny", "random:musicldm-tiny"]
+EXPECTED_STAGES = {
+    "audioldm2": ["text_encoder", "text_encoder_2", "projection_model", "language_model", "vae_decoder", "vocoder"],
+    "audioldm": ["text_encoder", "vae_decoder", "vocoder"],
+    "musicldm": ["text_encoder", "vae_decoder", "vocoder"],
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny models gain nothing from intra-op threads; on a busy 2-core machine spin-waits slow them down.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", params=TINY, ids=lambda spec: spec.split(":")[1])
+def exported(request, tiny_pipeline_factory, tmp_path_factory, _one_thread):
+    """``(pipe, folder, descriptions, verification)`` of one tiny pipeline, exported once per module."""
+    pipe = tiny_pipeline_factory(request.param)
+    folder = tmp_path_factory.mktemp(request.param.split(":")[1])
+    descriptions = export_stages(pipe, folder)
+    return pipe, folder, descriptions, verify_stages(pipe, folder, descriptions)
+
+
+class TestExportStages:
+    def test_every_stage_is_exported(self, exported):
+        pipe, folder, descriptions, _ = exported
+        assert list(descriptions) == EXPECTED_STAGES[pipeline_kind(pipe)]
+        for name, description in descriptions.items():
+            assert description["file"] == f"{name}.onnx"
+            assert all((folder / f).is_file() for f in description["files"])
+
+    def test_files_pass_the_full_check(self, exported):
+        _, folder, descriptions, _ = exported
+        for description in descriptions.values():
+            onnx.checker.check_model(str(folder / description["file"]), full_check=True)
+
+    def test_descriptions_match_the_graphs(self, exported):
+        _, folder, descriptions, _ = exported
+        for description in descriptions.values():
+            model = onnx.load(str(folder / description["file"]))
+            assert [i.name for i in model.graph.input] == list(description["inputs"])
+            assert [o.name for o in model.graph.output] == description["outputs"]
+            for value in model.graph.input:
+                dims = value.type.tensor_type.shape.dim
+                assert dims[0].dim_param == "batch"
+                for axis, name in description["inputs"][value.name]["dynamic_axes"].items():
+                    assert dims[axis].dim_param == name
+
+    def test_onnx_runtime_matches_pytorch(self, exported):
+        _, _, descriptions, verification = exported
+        assert set(verification) == set(descriptions)
+        for name, (max_abs, max_rel) in verification.items():
+            assert max_rel <= 1e-4, (name, max_abs, max_rel)
+
+    def test_side_files(self, exported):
+        pipe, folder, descriptions, _ = exported
+        assert (folder / "tokenizer" / "tokenizer.json").is_file()
+        assert (folder / "tokenizer_2" / "tokenizer.json").is_file() == (pipeline_kind(pipe) == "audioldm2")
+        config = json.loads((folder / "scheduler_config.json").read_text())
+        assert config["_class_name"] == type(pipe.scheduler).__name__
+        assert {k: config[k] for k in ("beta_start", "beta_end", "steps_offset")} == {
+            k: pipe.scheduler.config[k] for k in ("beta_start", "beta_end", "steps_offset")}
+        if "language_model" in descriptions:
+            assert descriptions["language_model"]["metadata"]["litefocus.max_new_tokens"] == "8"
+
+
+class TestStageSelection:
+    def test_subset(self, tiny_pipeline_factory, tmp_path):
+        pipe = tiny_pipeline_factory("random:audioldm2-tiny")
+        descriptions = export_stages(pipe, tmp_path, stages=["projection_model"])
+        assert list(descriptions) == ["projection_model"]
+        assert not (tmp_path / "vocoder.onnx").exists()
+
+    @pytest.mark.parametrize("spec, stage", [("random:audioldm2-tiny", "unet"), ("random:audioldm2-tiny", "vae"),
+                                             ("random:audioldm-tiny", "text_encoder_2")])
+    def test_unknown_stage(self, tiny_pipeline_factory, tmp_path, spec, stage):
+        with pytest.raises(UsageError, match=rf"unknown stage\(s\) '{stage}' .*valid stages: text_encoder, "):
+            export_stages(tiny_pipeline_factory(spec), tmp_path, stages=[stage])
+
+    def test_unknown_precision(self, tiny_pipeline_factory, tmp_path):
+        with pytest.raises(UsageError, match="unknown precision 'int8'; valid: fp32, fp16"):
+            export_stages(tiny_pipeline_factory("random:audioldm-tiny"), tmp_path, precision="int8")
+
+
+def test_verification_catches_a_baked_shape(tiny_pipeline_factory, tmp_path, monkeypatch):
+    """Why T5 is exported with dynamo: a TorchScript trace bakes the example length into its position bias."""
+    pipe = tiny_pipeline_factory("random:audioldm2-tiny")
+    traced = dataclasses.replace(stage_modules._COMMON["text_encoder_2"], exporter="torchscript")
+    monkeypatch.setitem(stage_modules._COMMON, "text_encoder_2", traced)
+    descriptions = export_stages(pipe, tmp_path, stages=["text_encoder_2"])
+    assert descriptions["text_encoder_2"]["exporter"] == "torchscript"
+    _, max_rel = verify_stages(pipe, tmp_path, descriptions)["text_encoder_2"]
+    assert max_rel > 1e-2

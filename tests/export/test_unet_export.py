@@ -1,0 +1,111 @@
+"""UNet export: the custom-op contract, parity with PyTorch at odd lengths, the function body, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+from onnx import helper
+
+from litefocus_export.attention.onnx_function import DOMAIN, OP_TYPE, attach_function, make_node
+from litefocus_export.attention.reference import dual_sparse_attention_reference
+from litefocus_export.cli import main
+from litefocus_export.export import ExportSettings, export_pipeline
+from litefocus_export.manifest import read_manifest
+
+
+def custom_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    return [n for n in model.graph.node if n.domain == DOMAIN and n.op_type == OP_TYPE]
+
+
+class TestAudioLDM2Export:
+    def test_one_node_per_patched_layer_and_the_function(self, tiny_build):
+        _, export_dir, _ = tiny_build
+        manifest = read_manifest(export_dir)
+        model = onnx.load(str(export_dir / "unet.onnx"))
+        layers = manifest["stages"]["unet"]["litefocus_layers"]
+        assert len(custom_nodes(model)) == len(layers) == 20
+        assert [f.name for f in model.functions if f.domain == DOMAIN] == [OP_TYPE]
+        node = custom_nodes(model)[0]
+        attrs = {a.name for a in node.attribute}
+        assert {"freq_bins", "scale", "same_frequency", "cross_frequency", "plugin_namespace"} <= attrs
+        onnx.checker.check_model(str(export_dir / "unet.onnx"), full_check=True)
+        assert not any(n.op_type in ("RandomUniform", "RandomNormal", "Multinomial") for n in model.graph.node)
+
+    def test_inputs_are_named_after_the_unet_arguments(self, tiny_build):
+        _, export_dir, _ = tiny_build
+        session = ort.InferenceSession(str(export_dir / "unet.onnx"), providers=["CPUExecutionProvider"])
+        shapes = {i.name: i.shape for i in session.get_inputs()}
+        assert list(shapes) == ["sample", "timestep", "encoder_hidden_states", "encoder_hidden_states_1",
+                                "encoder_attention_mask_1", "litefocus_index_8"]
+        assert shapes["sample"] == ["batch", 8, "latent_frames", 16]
+        assert shapes["litefocus_index_8"] == [20, "samples_8"]
+
+    def test_every_stage_matches_pytorch(self, tiny_build):
+        _, export_dir, _ = tiny_build
+        verification = read_manifest(export_dir)["verification"]
+        assert {"unet@21", "unet@30", "text_encoder", "text_encoder_2", "projection_model", "language_model",
+                "vae_decoder", "vocoder"} <= set(verification)
+        for name, result in verification.items():
+            assert result["max_rel"] <= 1e-4, (name, result)
+
+
+@pytest.mark.parametrize("spec", ["random:audioldm-tiny", "random:musicldm-tiny"])
+def test_clap_conditioned_unets_export_and_match(tmp_path, spec):
+    manifest = export_pipeline(spec, tmp_path / "out", ExportSettings(stages=("unet",), verify=True))
+    model = onnx.load(str(tmp_path / "out" / "unet.onnx"))
+    assert len(custom_nodes(model)) == 10
+    assert "class_labels" in [i.name for i in model.graph.input]
+    for name, result in manifest["verification"].items():
+        assert result["max_rel"] <= 1e-4, (name, result)
+
+
+def test_full_attention_exports_the_stock_unet(tmp_path):
+    manifest = export_pipeline("random:audioldm2-tiny", tmp_path / "full",
+                               ExportSettings(attention="full", stages=("unet",), verify=True))
+    model = onnx.load(str(tmp_path / "full" / "unet.onnx"))
+    assert not custom_nodes(model) and not model.functions
+    assert not any(i.name.startswith("litefocus_index") for i in model.graph.input)
+    assert manifest["verification"]["unet@21"]["max_rel"] <= 1e-4
+
+
+@pytest.mark.parametrize("same,cross", [(1, 1), (1, 0), (0, 1)])
+def test_function_body_alone_matches_reference(same, cross):
+    node = make_node(["q", "k", "v", "idx"], "out", freq_bins=3, scale=0.25, same_frequency=same, cross_frequency=cross)
+    value = lambda n, t: helper.make_tensor_value_info(n, t, ["B", "H", "N", "D"])  # noqa: E731
+    graph = helper.make_graph([node], "g", [value("q", 1), value("k", 1), value("v", 1),
+                                            helper.make_tensor_value_info("idx", 7, ["M"])], [value("out", 1)])
+    model = attach_function(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    onnx.checker.check_model(model, full_check=True)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 2, 21, 5, generator=gen) for _ in range(3))
+    for index in (torch.tensor([0, 4, 4, 7, 20]), torch.zeros(0, dtype=torch.int64)):
+        if not same and not index.numel():
+            continue
+        (got,) = session.run(None, {"q": q.numpy(), "k": k.numpy(), "v": v.numpy(), "idx": index.numpy()})
+        ref = dual_sparse_attention_reference(q, k, v, index, freq_bins=3, scale=0.25, same_frequency=bool(same),
+                                              cross_frequency=bool(cross)).numpy()
+        assert np.abs(got - ref).max() / np.abs(ref).max() <= 1e-5
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--stages", "unet,tokenizer"], "unknown stage 'tokenizer'"),
+    (["--opset", "17"], "opset 17 is too old"),
+    (["--model", "random:nope"], "random:nope"),
+])
+def test_bad_input_is_one_line(tmp_path, args, message):
+    result = CliRunner().invoke(main, ["export", "--out", str(tmp_path / "x"), *args])
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_output_under_a_file_is_refused(tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a folder")
+    result = CliRunner().invoke(main, ["export", "--out", str(blocker / "x")])
+    assert result.exit_code == 2 and "is not a folder" in result.output

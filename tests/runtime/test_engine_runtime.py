@@ -1,0 +1,141 @@
+"""Engines + torch-free runtime: the main job end to end, parity with diffusers, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile
+from click.testing import CliRunner
+
+from litefocus_export.build import BuildSettings, build_engines
+from litefocus_export.cli import main
+from litefocus_export.errors import EngineError
+from litefocus_export.manifest import read_manifest
+from litefocus_export.request import GenerationRequest
+from litefocus_export.runtime import Sampler
+
+
+def test_build_writes_a_complete_manifest(tiny_build):
+    engines, _, _ = tiny_build
+    manifest = read_manifest(engines)
+    assert manifest["kind"] == "engine" and manifest["backend"]["name"] == "onnxruntime"
+    assert manifest["profiles"] == [{"min_s": 1.0, "opt_s": 80.0, "max_s": 80.0}]
+    assert manifest["latent_frames"] == [25, 2000, 2000]
+    assert {"unet", "text_encoder", "vae_decoder", "vocoder"} <= set(manifest["stages"])
+    assert all(len(entry["sha256"]) == 64 for entry in manifest["files"].values())
+    assert not [p for p in engines.parent.iterdir() if ".partial-" in p.name]
+
+
+def test_rebuild_reuses_and_other_keys_do_not_collide(tiny_build, caplog):
+    engines, _, settings = tiny_build
+    before = (engines / "manifest.json").stat().st_mtime_ns
+    assert build_engines(settings, engines.parent) == engines
+    assert (engines / "manifest.json").stat().st_mtime_ns == before
+    other = BuildSettings(profile=settings.profile, export=settings.export, device="cpu", backend="onnxruntime",
+                          attention_impl="plugin")
+    assert build_engines(other, engines.parent) == engines  # attention_impl is TensorRT-only: same key
+    from dataclasses import replace
+
+    from litefocus_export.profiles import DurationProfile
+
+    shorter = replace(settings, profile=DurationProfile.for_seconds(4))
+    folder = build_engines(shorter, engines.parent)
+    assert folder != engines and read_manifest(folder)["engine_key"] != read_manifest(engines)["engine_key"]
+
+
+def test_main_job_generates_80_seconds_without_torch(tiny_build, tmp_path):
+    engines, _, _ = tiny_build
+    out = tmp_path / "out.wav"
+    script = (
+        "import sys\n"
+        "from litefocus_export.cli import main\n"
+        f"try:\n    main(['generate', '--engines', {str(engines)!r}, '--prompt', 'rain', '--seconds', '80',"
+        f" '--steps', '2', '--out', {str(out)!r}])\n"
+        "except SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+        "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, 'torch was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True)
+    audio, rate = soundfile.read(out, dtype="float32")
+    assert rate == 16000 and audio.shape == (80 * 16000,) and np.isfinite(audio).all()
+
+
+def test_runtime_matches_the_diffusers_pipeline(tiny_build, tiny_pipeline_factory):
+    from litefocus_export.pytorch import generate_torch
+
+    engines, _, _ = tiny_build
+    request = GenerationRequest(prompt="a dog barking", seconds=2.0, steps=3, seed=7)
+    expected = generate_torch(tiny_pipeline_factory(), request)
+    got = Sampler(engines, progress=False)(request)
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() / np.abs(expected).max() <= 1e-3
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "dpm"])
+def test_same_seed_same_audio(tiny_build, scheduler):
+    engines, _, _ = tiny_build
+    sampler = Sampler(engines, progress=False)
+    make = lambda seed: GenerationRequest(prompt="wind", seconds=1.5, steps=2, seed=seed, scheduler=scheduler)  # noqa: E731
+    a, b, c = sampler(make(1)), sampler(make(1)), sampler(make(2))
+    assert np.array_equal(a, b) and not np.allclose(a, c)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--seconds", "0"], "positive"),
+    (["--seconds", "-3"], "positive"),
+    (["--seconds", "abc"], "must be a number"),
+    (["--seconds", "81"], "outside every built profile (built: 1-80 s)"),
+    (["--steps", "0"], "steps must be a positive integer"),
+])
+def test_bad_generate_input(tiny_build, tmp_path, args, message):
+    engines, _, _ = tiny_build
+    out = tmp_path / "x.wav"
+    result = CliRunner().invoke(main, ["generate", "--engines", str(engines), "--prompt", "p", "--out", str(out),
+                                       "--steps", "1", *args])
+    assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output
+    assert not out.exists()
+
+
+def corrupt(folder, tmp_path, how):
+    copy = tmp_path / "engines"
+    shutil.copytree(folder, copy)
+    if how == "tamper":
+        path = copy / "vocoder.onnx"
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+    elif how == "missing":
+        (copy / "vae_decoder.onnx").unlink()
+    elif how == "broken":
+        (copy / "manifest.json").write_text("{not json")
+    elif how == "newer":
+        manifest = json.loads((copy / "manifest.json").read_text())
+        (copy / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
+    return copy
+
+
+@pytest.mark.parametrize("how,message", [("tamper", "does not match its sha256"), ("missing", "is missing"),
+                                         ("broken", "not valid JSON"), ("newer", "format version 99")])
+def test_damaged_engine_folders_are_refused(tiny_build, tmp_path, how, message):
+    engines, _, _ = tiny_build
+    with pytest.raises(EngineError, match=message):
+        Sampler(corrupt(engines, tmp_path, how))
+    result = CliRunner().invoke(main, ["inspect", str(corrupt(engines, tmp_path / "cli", how))])
+    assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+
+
+def test_unwritable_wav_destination(tiny_build, tmp_path):
+    engines, _, _ = tiny_build
+    result = CliRunner().invoke(main, ["generate", "--engines", str(engines), "--prompt", "p", "--seconds", "1",
+                                       "--steps", "1", "--out", str(tmp_path / "no" / "such" / "x.wav")])
+    assert result.exit_code == 2 and "output folder does not exist" in result.output
+
+
+def test_inspect_summarises(tiny_build):
+    engines, _, _ = tiny_build
+    result = CliRunner().invoke(main, ["inspect", str(engines)])
+    assert result.exit_code == 0 and "onnxruntime" in result.output and "1-80 s" in result.output
