@@ -90,5 +90,5 @@ def read_manifest(folder: str | os.PathLike, *, verify_hashes: bool = True) -> d
             if not file.is_file():
                 raise EngineError(f"{folder}: file {rel} listed in the manifest is missing")
             if file.stat().st_size != entry.get("bytes") or sha256_file(file) != entry.get("sha256"):
-                raise EngineError(f"{folder}: file {rel} does not match its sha256 in the manifest (changed or corrupt)")
+                raise EngineError(f"{folder}: file {rel} does not match its sha256 in the manifest (changed?)")
     return manifest

@@ -42,7 +42,9 @@ def use_scheduler(pipe: Any, name: SchedulerName) -> None:
         pipe.scheduler = cls.from_config(pipe.scheduler.config)
 
 
-def generate_torch(pipe: Any, request: GenerationRequest, attention: Attention = "litefocus", config: Any = None) -> np.ndarray:
+def generate_torch(
+    pipe: Any, request: GenerationRequest, attention: Attention = "litefocus", config: Any = None
+) -> np.ndarray:
     """Run ``pipe`` for ``request``; returns the float32 waveform ``(num_samples,)``.
 
     With ``attention="litefocus"`` the pipeline is patched for the call (``config`` or the defaults)

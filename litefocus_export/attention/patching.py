@@ -68,7 +68,9 @@ def _level_of(name: str, num_levels: int) -> tuple[int, int] | None:
     return _STAGE_ORDER[stage], level
 
 
-def find_self_attention_layers(unet: Any, freq_bins: int, widths: tuple[int, ...], context_free: bool) -> list[PatchedLayer]:
+def find_self_attention_layers(
+    unet: Any, freq_bins: int, widths: tuple[int, ...], context_free: bool
+) -> list[PatchedLayer]:
     """Self-attention modules of ``unet`` at the given latent widths, in execution order."""
     from diffusers.models.attention_processor import Attention
 
@@ -142,7 +144,9 @@ def litefocus_state(pipe: Any) -> LiteFocusState | None:
 
 
 @contextlib.contextmanager
-def patched(pipe: Any, config: LiteFocusConfig | None = None, samples: SampleSource | None = None) -> Iterator[list[str]]:
+def patched(
+    pipe: Any, config: LiteFocusConfig | None = None, samples: SampleSource | None = None
+) -> Iterator[list[str]]:
     """Context manager: LiteFocus inside the block, the original processors after it."""
     names = patch(pipe, config, samples)
     try:

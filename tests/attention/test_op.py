@@ -37,7 +37,9 @@ def naive(q, k, v, index, bins, scale, same, cross):
 def test_reference_matches_definition_with_duplicates(same, cross):
     q, k, v = qkv(1, 2, 5, 3, 4)
     index = torch.tensor([0, 4, 4, 7, 14])  # 4 twice; 7 and 4 are also same-frequency keys of bin 1
-    got = dual_sparse_attention_reference(q, k, v, index, freq_bins=3, scale=0.3, same_frequency=same, cross_frequency=cross)
+    got = dual_sparse_attention_reference(
+        q, k, v, index, freq_bins=3, scale=0.3, same_frequency=same, cross_frequency=cross
+    )
     torch.testing.assert_close(got, naive(q, k, v, index, 3, 0.3, same, cross), rtol=1e-5, atol=1e-6)
 
 

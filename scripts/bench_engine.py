@@ -1,0 +1,79 @@
+"""UNet step at 80 s on random:audioldm2 (real size, batch 2, fp32, CPU, 2 threads), in one run:
+ONNX Runtime LiteFocus engine vs stock diffusers UNet (SDPA) vs patched PyTorch UNet.
+
+Exports only the UNet (cached under $LITEFOCUS_CACHE), builds the ORT engine, then times each variant
+in its own process (peak RSS is per process). Usage: python scripts/bench_engine.py [--seconds 80]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+
+def time_engine(folder: str, seconds: float, threads: int) -> dict:
+    import numpy as np
+
+    from litefocus_export.geometry import latent_frames
+    from litefocus_export.runtime import EngineFolder
+    from litefocus_export.runtime.sampler import draw_unet_samples
+
+    engines = EngineFolder(folder, threads=threads)
+    frames = latent_frames(seconds)
+    rng = np.random.default_rng(0)
+    feeds = {"sample": rng.standard_normal((2, 8, frames, 16), dtype=np.float32),
+             "timestep": np.full(2, 500, np.float32),
+             "encoder_hidden_states": rng.standard_normal((2, 8, 768), dtype=np.float32),
+             "encoder_hidden_states_1": rng.standard_normal((2, 64, 1024), dtype=np.float32),
+             "encoder_attention_mask_1": np.ones((2, 64), np.int64)}
+    unet = engines.stage("unet")
+    feeds.update(draw_unet_samples(rng, unet.get("litefocus_layers", []), frames, 0.1))
+    engines.run("unet", feeds)  # warm-up: session creation and first-run allocations
+    start = time.perf_counter()
+    engines.run("unet", feeds)
+    return {"variant": "onnxruntime-litefocus", "step_s": time.perf_counter() - start}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=80.0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        result = time_engine(args.child, args.seconds, args.threads)
+        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(result))
+        return
+    from litefocus_export.build import BuildSettings, build_engines
+    from litefocus_export.export import ExportSettings
+    from litefocus_export.profiles import DurationProfile
+
+    start = time.perf_counter()
+    settings = BuildSettings(model="random:audioldm2", profile=DurationProfile.for_seconds(args.seconds),
+                             export=ExportSettings(stages=("unet",)))
+    folder = build_engines(settings, "engines")
+    print(f"engine: {folder} (export + build {time.perf_counter() - start:.0f} s)", flush=True)
+    bench = [sys.executable, "scripts/bench_attention.py", "--seconds", str(args.seconds), "--threads",
+             str(args.threads), "--child"]
+    rows = [json.loads(subprocess.run([*bench, str(args.seconds), impl], capture_output=True, text=True,
+                                      check=True).stdout.strip().splitlines()[-1]) for impl in
+            ("stock", "litefocus-fast")]
+    engine = json.loads(subprocess.run([sys.executable, __file__, "--seconds", str(args.seconds), "--threads",
+                                        str(args.threads), "--child", str(folder)], capture_output=True,
+                                       text=True, check=True).stdout.strip().splitlines()[-1])
+    stock, patched = rows
+    print(f"\n| {args.seconds:g} s, batch 2, fp32 | UNet step | peak RSS |\n|---|---|---|")
+    print(f"| stock diffusers UNet (SDPA) | {stock['forward_s']:.2f} s | {stock['peak_rss_mb']:.0f} MB |")
+    print(f"| patched PyTorch UNet (LiteFocus) | {patched['forward_s']:.2f} s | {patched['peak_rss_mb']:.0f} MB |")
+    print(f"| ONNX Runtime LiteFocus engine | {engine['step_s']:.2f} s | {engine['peak_rss_mb']:.0f} MB |")
+    print(f"\nengine vs stock: {stock['forward_s'] / engine['step_s']:.2f}x; "
+          f"engine vs patched torch: {patched['forward_s'] / engine['step_s']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
