@@ -164,15 +164,19 @@ class TensorRTBackend:
         return tensorrt_backend_info(self.settings.attention_impl)
 
     def build(self, export_dir: Path, export_manifest: dict[str, Any], out: Path) -> dict[str, Any]:
-        from .tensorrt import TrtEngineFromOnnx, profile_shapes
+        from .tensorrt import TrtEngineFromOnnx, profile_shapes, text_token_ranges
 
         frames = self.settings.profile.latent_frames()
-        cache = cache_root() / "timing.cache"
+        info = self.info()
+        # timing caches are only valid for one TensorRT version on one GPU architecture
+        cache = cache_root() / f"timing-trt{info.get('version')}-{info.get('architecture')}.cache"
+        tokens = text_token_ranges(export_dir)
         stages = {}
         for name, desc in export_manifest["stages"].items():
             engine = Path(desc["file"]).with_suffix(".plan").name
             shapes = profile_shapes(name, desc["inputs"], frames, litefocus=export_manifest.get("litefocus"),
-                                    layers=desc.get("litefocus_layers", []))
+                                    layers=desc.get("litefocus_layers", []),
+                                    text_tokens=tokens.get(name, (1, 64, 512)))
             TrtEngineFromOnnx(export_dir / desc["file"], out / engine, shapes,
                               precision=export_manifest["precision"], timing_cache=cache,
                               attention_impl=self.settings.attention_impl)()

@@ -1,0 +1,192 @@
+"""Run a TensorRT engine (plan) as one stage: numpy in, numpy out (torch-free).
+
+tensorrt and polygraphy are imported when a stage is opened, never at module import. Engines built
+with the LiteFocus plugin's AOT implementation embed their kernel and deserialize without Python
+plugins; for one that does not (a JIT build), :class:`TrtStage` registers the plugin and retries.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import EngineError, LiteFocusError, UsageError
+
+log = logging.getLogger(__name__)
+
+ATTENTION_IMPLS = ("plugin", "native")
+# INT64 tensors and the TensorRT 10 I/O API; the plugin's own minimum is higher (plugins/tensorrt).
+MIN_NATIVE_VERSION = (10, 0)
+_INSTALL = "pip install 'litefocus-export[gpu]'"
+# cuDeviceGetAttribute: CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR / _MINOR
+_CC_MAJOR, _CC_MINOR = 75, 76
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    match = re.match(r"\d+(\.\d+)*", version)
+    return tuple(int(part) for part in match.group(0).split(".")) if match else ()
+
+
+def _plugin_module() -> Any:
+    """The TensorRT plugin module, installed (``litefocus_export.plugins``) or from a source checkout."""
+    try:
+        return importlib.import_module("litefocus_export.plugins.tensorrt.dual_sparse_attention_plugin")
+    except ModuleNotFoundError as missing:
+        if not (missing.name or "").startswith("litefocus_export.plugins"):
+            raise
+        return importlib.import_module("plugins.tensorrt.dual_sparse_attention_plugin")
+
+
+def cuda_devices() -> list[tuple[str, str]]:
+    """``(name, "sm_XY")`` of each visible CUDA device, from the driver library (empty without one)."""
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        try:
+            lib = ctypes.CDLL("nvcuda.dll")
+        except OSError:
+            return []
+    count = ctypes.c_int(0)
+    if lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return []
+    devices = []
+    for index in range(count.value):
+        device, major, minor = ctypes.c_int(0), ctypes.c_int(0), ctypes.c_int(0)
+        name = ctypes.create_string_buffer(256)
+        if lib.cuDeviceGet(ctypes.byref(device), index) != 0:
+            continue
+        lib.cuDeviceGetName(name, len(name), device)
+        lib.cuDeviceGetAttribute(ctypes.byref(major), _CC_MAJOR, device)
+        lib.cuDeviceGetAttribute(ctypes.byref(minor), _CC_MINOR, device)
+        devices.append((name.value.decode(errors="replace"), f"sm_{major.value}{minor.value}"))
+    return devices
+
+
+def require_tensorrt(attention_impl: str = "native", *, error: type[LiteFocusError] = EngineError) -> Any:
+    """Import tensorrt, or raise ``error`` with one line saying what is missing.
+
+    Checks, in order: tensorrt imports; its version is at least ``MIN_NATIVE_VERSION`` (or the plugin's
+    ``MIN_TENSORRT_VERSION`` for ``attention_impl="plugin"``); a CUDA GPU is visible.
+    """
+    if attention_impl not in ATTENTION_IMPLS:
+        raise UsageError(f"attention_impl must be plugin or native, got {attention_impl!r}")
+    minimum = _plugin_module().MIN_TENSORRT_VERSION if attention_impl == "plugin" else MIN_NATIVE_VERSION
+    needs = f"the tensorrt backend needs TensorRT >= {'.'.join(map(str, minimum))} and an NVIDIA GPU"
+    try:
+        trt = importlib.import_module("tensorrt")
+    except ImportError:
+        raise error(f"{needs}: tensorrt is not installed here ({_INSTALL})") from None
+    except Exception as exc:  # noqa: BLE001 - a broken install fails in many ways (missing libnvinfer, ...)
+        raise error(f"{needs}: tensorrt is installed but does not load: {str(exc).splitlines()[0]}") from None
+    version = getattr(trt, "__version__", "0")
+    if _version_tuple(version) < tuple(minimum):
+        impl = " for --attention-impl plugin" if attention_impl == "plugin" else ""
+        wanted = ".".join(map(str, minimum))
+        raise error(f"{needs}{impl}: found TensorRT {version} (pip install -U 'tensorrt>={wanted}')")
+    if not cuda_devices():
+        raise error(f"{needs}: no CUDA device is visible here (driver library libcuda missing or no GPU)")
+    return trt
+
+
+def _polygraphy_error() -> type[Exception]:
+    from polygraphy.exception import PolygraphyException
+
+    return PolygraphyException
+
+
+class TrtStage:
+    """One TensorRT engine: ``stage(feeds) -> {output name: array}``.
+
+    Args:
+        engine_path: the serialized engine (plan).
+        plugins: register the LiteFocus TensorRT plugin before deserializing: ``True`` always,
+            ``False`` never, ``None`` (default) only when the engine does not deserialize without it.
+
+    Feeds may hold extra arrays (ignored); each input is cast to the engine's dtype and checked against
+    the engine's profile. Outputs are copies, safe to keep across calls.
+
+    Raises:
+        EngineError: tensorrt or a GPU missing, an engine that does not deserialize, an input missing or
+            outside the engine's profile.
+    """
+
+    def __init__(self, engine_path: str | Path, *, plugins: bool | None = None):
+        self.path = Path(engine_path)
+        self.trt = require_tensorrt(error=EngineError)
+        if not self.path.is_file():
+            raise EngineError(f"no such engine file: {self.path}")
+        if plugins:
+            self._register_plugins()
+        engine = self._deserialize()
+        if engine is None and plugins is None:
+            log.info("%s did not deserialize; registering the LiteFocus plugin and retrying", self.path.name)
+            self._register_plugins()
+            engine = self._deserialize()
+        if engine is None:
+            raise EngineError(f"cannot load {self.path.name}: TensorRT {self.trt.__version__} could not deserialize "
+                              f"it (built with another TensorRT version or GPU? rebuild it here)")
+        from polygraphy.backend.trt import TrtRunner
+
+        self.engine = engine
+        self.runner = TrtRunner(engine, name=self.path.stem)
+        self.runner.activate()
+        io = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        mode = self.trt.TensorIOMode
+        self.inputs = [n for n in io if engine.get_tensor_mode(n) == mode.INPUT]
+        self.outputs = [n for n in io if engine.get_tensor_mode(n) == mode.OUTPUT]
+        meta = self.runner.get_input_metadata(use_numpy_dtypes=False)
+        self.dtypes = {name: meta[name].dtype.numpy() for name in self.inputs}
+
+    def _register_plugins(self) -> None:
+        try:
+            _plugin_module().register_plugins()
+        except LiteFocusError as exc:
+            raise EngineError(f"{self.path.name} needs the LiteFocus TensorRT plugin: {exc}") from None
+
+    def _deserialize(self) -> Any:
+        from polygraphy.backend.trt import engine_from_bytes
+
+        try:
+            return engine_from_bytes(self.path.read_bytes())
+        except _polygraphy_error():
+            return None
+
+    def _feed(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ready = {}
+        for name in self.inputs:
+            if name not in feeds:
+                raise EngineError(f"{self.path.name}: input {name} missing (inputs: {', '.join(self.inputs)})")
+            array = np.ascontiguousarray(feeds[name], dtype=self.dtypes[name])
+            low, _, high = (tuple(s) for s in self.engine.get_tensor_profile_shape(name, 0))
+            if len(array.shape) != len(low) or any(not lo <= d <= hi for d, lo, hi in zip(array.shape, low, high)):
+                raise EngineError(f"{self.path.name}: input {name} of shape {array.shape} is outside the engine's "
+                                  f"profile {low}..{high} (rebuild with a wider --profile)")
+            ready[name] = array
+        return ready
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ready = self._feed(feeds)
+        try:
+            results = self.runner.infer(ready)
+        except _polygraphy_error() as exc:
+            raise EngineError(f"TensorRT failed running {self.path.name}: {str(exc).strip().splitlines()[0]}") from None
+        # the runner reuses its host buffers on the next call
+        return {name: np.array(results[name], copy=True) for name in self.outputs}
+
+    def close(self) -> None:
+        """Free the execution context and device buffers (the stage is unusable afterwards)."""
+        runner = getattr(self, "runner", None)
+        if runner is not None and runner.is_active:
+            runner.deactivate()
+
+    def __enter__(self) -> TrtStage:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
