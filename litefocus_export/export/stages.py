@@ -28,7 +28,7 @@ import torch
 from ..errors import ExportError, UsageError
 from ..models import pipeline_kind
 from ..runtime.conditioning import MAX_NEW_TOKENS_KEY
-from .stage_modules import Axes, Exporter, StageSpec, stage_names, stage_spec
+from .stage_modules import Exporter, StageSpec, stage_names, stage_spec
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +44,16 @@ def _selected(kind: str, stages: list[str] | None) -> list[str]:
         return list(valid)
     unknown = [s for s in stages if s not in valid]
     if unknown:
-        raise UsageError(f"unknown stage(s) {', '.join(map(repr, unknown))} for {kind}; "
-                         f"valid stages: {', '.join(valid)}")
+        raise UsageError(
+            f"unknown stage(s) {', '.join(map(repr, unknown))} for {kind}; valid stages: {', '.join(valid)}"
+        )
     return [s for s in valid if s in stages]
 
 
-def export_stages(pipe: Any, out_dir: Path, *, opset: int = 18, precision: str = "fp32",
-                  stages: list[str] | None = None) -> dict[str, dict]:
-    """Export the non-UNet stages of ``pipe`` to ``out_dir/<stage>.onnx``; save tokenizers and scheduler config.
+def export_stages(
+    pipe: Any, out_dir: Path, *, opset: int = 18, precision: str = "fp32", stages: list[str] | None = None
+) -> dict[str, dict]:
+    """Export the non-UNet stages of ``pipe`` to ``out_dir/<stage>.onnx``, plus tokenizers and scheduler.
 
     Also writes ``out_dir/tokenizer`` (and ``tokenizer_2`` for AudioLDM2) with ``save_pretrained`` and
     ``out_dir/scheduler_config.json``.
@@ -91,8 +93,10 @@ def save_side_files(pipe: Any, out_dir: Path) -> None:
             continue
         tokenizer.save_pretrained(out_dir / name)
         if not (out_dir / name / "tokenizer.json").is_file():
-            raise ExportError(f"{name} ({type(tokenizer).__name__}) wrote no tokenizer.json; "
-                              "the runtime needs a fast (tokenizers-backed) tokenizer")
+            raise ExportError(
+                f"{name} ({type(tokenizer).__name__}) wrote no tokenizer.json; "
+                "the runtime needs a fast (tokenizers-backed) tokenizer"
+            )
     pipe.scheduler.save_config(out_dir)
 
 
@@ -116,15 +120,16 @@ def export_stage(pipe: Any, kind: str, name: str, out_dir: Path, *, opset: int =
     start = time.perf_counter()
     log.info("exporting %s ...", name)
     errors = []
-    for exporter in order:
-        try:
-            model = _to_onnx(module, examples, spec, exporter, opset)
-            break
-        except Exception as exc:  # noqa: BLE001 - both exporters raise many types
-            errors.append(f"{exporter}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc)}")
-            log.warning("%s export of %s failed, %s", exporter, name, errors[-1])
-    else:
-        raise ExportError(f"export of stage {name} failed ({'; '.join(errors)})")
+    with _eval_mode(module):
+        for exporter in order:
+            try:
+                model = _to_onnx(module, examples, spec, exporter, opset)
+                break
+            except Exception as exc:  # noqa: BLE001 - both exporters raise many types
+                errors.append(f"{exporter}: {_first_line(exc)}")
+                log.warning("%s export of %s failed, %s", exporter, name, errors[-1])
+        else:
+            raise ExportError(f"export of stage {name} failed ({'; '.join(errors)})")
     name_dims(model, spec)
     meta = _metadata(pipe, kind, name)
     onnx.helper.set_model_props(model, meta)
@@ -132,16 +137,44 @@ def export_stage(pipe: Any, kind: str, name: str, out_dir: Path, *, opset: int =
     files = save_model(model, path, external=large)
     seconds = time.perf_counter() - start
     log.info("exported %s with %s in %.1f s", name, exporter, seconds)
-    return {"file": path.name, "files": files, **describe(model, spec), "opset": opset, "precision": "fp32",
-            "exporter": exporter, "export_seconds": round(seconds, 2), "metadata": meta}
+    return {
+        "file": path.name,
+        "files": files,
+        **describe(model, spec),
+        "opset": opset,
+        "precision": "fp32",
+        "exporter": exporter,
+        "export_seconds": round(seconds, 2),
+        "metadata": meta,
+    }
 
 
 def _other(exporter: Exporter) -> Exporter:
     return "dynamo" if exporter == "torchscript" else "torchscript"
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _eval_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Eval mode for the export, then every submodule's own flag back.
+
+    The TorchScript exporter restores the *wrapper's* training flag recursively when it is done; a wrapper
+    left in its default train mode would switch the pipeline's models (dropout) to training.
+    """
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
 def _float_module(module: torch.nn.Module) -> torch.nn.Module:
-    module = module.eval()
     if any(p.dtype != torch.float32 for p in module.parameters()):
         import copy
 
@@ -162,20 +195,41 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def _to_onnx(module: torch.nn.Module, examples: dict[str, torch.Tensor], spec: StageSpec, exporter: Exporter,
-             opset: int) -> onnx.ModelProto:
+def _to_onnx(
+    module: torch.nn.Module,
+    examples: dict[str, torch.Tensor],
+    spec: StageSpec,
+    exporter: Exporter,
+    opset: int,
+) -> onnx.ModelProto:
     args, inputs, outputs = tuple(examples.values()), list(examples), list(spec.outputs)
     with _quiet():
         if exporter == "dynamo":
             auto = torch.export.Dim.AUTO
             shapes = tuple({axis: auto for axis in spec.inputs[n]} for n in inputs)
-            program = torch.onnx.export(module, args, dynamo=True, optimize=False, verbose=False,
-                                        dynamic_shapes=shapes, input_names=inputs, output_names=outputs,
-                                        opset_version=opset)
+            program = torch.onnx.export(
+                module,
+                args,
+                dynamo=True,
+                optimize=False,
+                verbose=False,
+                dynamic_shapes=shapes,
+                input_names=inputs,
+                output_names=outputs,
+                opset_version=opset,
+            )
             return program.model_proto
         buffer = io.BytesIO()
-        torch.onnx.export(module, args, buffer, dynamo=False, input_names=inputs, output_names=outputs,
-                          dynamic_axes={**spec.inputs, **spec.outputs}, opset_version=opset)
+        torch.onnx.export(
+            module,
+            args,
+            buffer,
+            dynamo=False,
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes={**spec.inputs, **spec.outputs},
+            opset_version=opset,
+        )
         return onnx.load_model_from_string(buffer.getvalue())
 
 
@@ -198,8 +252,10 @@ def name_dims(model: onnx.ModelProto, spec: StageSpec) -> None:
 
 def _value_info(value: onnx.ValueInfoProto) -> dict[str, Any]:
     tensor = value.type.tensor_type
-    return {"dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name,
-            "shape": [d.dim_param or d.dim_value for d in tensor.shape.dim]}
+    return {
+        "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name,
+        "shape": [d.dim_param or d.dim_value for d in tensor.shape.dim],
+    }
 
 
 def describe(model: onnx.ModelProto, spec: StageSpec) -> dict[str, Any]:
@@ -209,7 +265,9 @@ def describe(model: onnx.ModelProto, spec: StageSpec) -> dict[str, Any]:
     if missing:
         raise ExportError(f"exported {spec.name} lost inputs {missing} (unused by the graph?)")
     return {
-        "inputs": {n: {**_value_info(graph_inputs[n]), "dynamic_axes": dict(axes)} for n, axes in spec.inputs.items()},
+        "inputs": {
+            n: {**_value_info(graph_inputs[n]), "dynamic_axes": dict(axes)} for n, axes in spec.inputs.items()
+        },
         "outputs": [v.name for v in model.graph.output],
         "output_axes": {n: dict(axes) for n, axes in spec.outputs.items()},
     }
@@ -225,13 +283,19 @@ def save_model(model: onnx.ModelProto, path: Path, *, external: bool = False) ->
     external = external or model.ByteSize() > _LARGE_BYTES
     try:
         if external:
-            onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=data.name,
-                      size_threshold=1024)
+            onnx.save(
+                model,
+                path,
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=data.name,
+                size_threshold=1024,
+            )
         else:
             onnx.save(model, path)
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:  # noqa: BLE001 - onnx raises ValidationError, InferenceError, OSError ...
-        raise ExportError(f"{path.name} failed onnx.checker: {str(exc).strip().splitlines()[0]}") from exc
+        raise ExportError(f"{path.name} failed onnx.checker: {_first_line(exc)}") from exc
     return [path.name, data.name] if external else [path.name]
 
 
@@ -253,15 +317,16 @@ def verify_stages(pipe: Any, out_dir: Path, descriptions: dict[str, dict]) -> di
         module = _float_module(spec.module(pipe))
         gen = torch.Generator().manual_seed(1)
         inputs = _to_device(spec.examples(pipe, VERIFY_BATCH, VERIFY_LENGTH, gen), module)
-        with _quiet():
+        with _quiet(), _eval_mode(module):
             expected = module(**inputs)
         expected = expected if isinstance(expected, tuple) else (expected,)
         try:
-            session = ort.InferenceSession(str(Path(out_dir) / description["file"]),
-                                           providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(
+                str(Path(out_dir) / description["file"]), providers=["CPUExecutionProvider"]
+            )
             actual = session.run(None, {k: v.cpu().numpy() for k, v in inputs.items()})
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise ExportError(f"stage {name} does not run in ONNX Runtime: {str(exc).splitlines()[0]}") from exc
+            raise ExportError(f"stage {name} does not run in ONNX Runtime: {_first_line(exc)}") from exc
         results[name] = _errors(actual, [t.float().cpu().numpy() for t in expected], name)
         log.info("verified %s: max abs %.3g, rel %.3g", name, *results[name])
     return results

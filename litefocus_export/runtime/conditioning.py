@@ -51,8 +51,12 @@ class OrtStageRunner:
         providers: ONNX Runtime providers for sessions opened here (default CPU).
     """
 
-    def __init__(self, folder: str | Path, sessions: Mapping[str, Any] | None = None,
-                 providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        sessions: Mapping[str, Any] | None = None,
+        providers: tuple[str, ...] = ("CPUExecutionProvider",),
+    ) -> None:
         self.folder, self.providers = Path(folder), providers
         self.sessions: dict[str, Any] = dict(sessions or {})
 
@@ -82,7 +86,9 @@ def stage_runner(folder: str | Path, sessions: Any = None) -> StageRunner:
         return OrtStageRunner(folder, sessions)
     if callable(sessions):
         return sessions
-    raise UsageError(f"sessions must be None, a mapping of stage sessions or a callable, got {type(sessions)}")
+    raise UsageError(
+        f"sessions must be None, a mapping of stage sessions or a callable, got {type(sessions)}"
+    )
 
 
 @dataclass
@@ -112,23 +118,36 @@ class TextTokenizer:
         pad_id = backend.token_to_id(pad_token) if pad_token is not None else None
         if pad_id is None:
             raise EngineError(f"tokenizer in {str(folder)!r} has no pad token")
-        return cls(backend, int(config["model_max_length"]), pad_id, pad_token,
-                   config.get("tokenizer_class", ""), config.get("padding_side", "right"),
-                   config.get("truncation_side", "right"))
+        return cls(
+            backend,
+            int(config["model_max_length"]),
+            pad_id,
+            pad_token,
+            config.get("tokenizer_class", ""),
+            config.get("padding_side", "right"),
+            config.get("truncation_side", "right"),
+        )
 
     @property
     def pads_to_max_length(self) -> bool:
         """Whether AudioLDM2's ``encode_prompt`` pads this tokenizer's prompt to ``model_max_length``."""
         return self.tokenizer_class in _MAX_LENGTH_TOKENIZERS
 
-    def __call__(self, text: str, *, max_length: int,
-                 padding: Literal["max_length", "longest"]) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(
+        self, text: str, *, max_length: int, padding: Literal["max_length", "longest"]
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(input_ids, attention_mask)``, int64 ``(1, length)``, truncated to ``max_length``."""
         tok = self.backend
-        tok.enable_truncation(max_length=max_length, stride=0, strategy="longest_first",
-                              direction=self.truncation_side)
-        tok.enable_padding(length=max_length if padding == "max_length" else None, direction=self.padding_side,
-                           pad_id=self.pad_id, pad_token=self.pad_token, pad_type_id=0)
+        tok.enable_truncation(
+            max_length=max_length, stride=0, strategy="longest_first", direction=self.truncation_side
+        )
+        tok.enable_padding(
+            length=max_length if padding == "max_length" else None,
+            direction=self.padding_side,
+            pad_id=self.pad_id,
+            pad_token=self.pad_token,
+            pad_type_id=0,
+        )
         encoding = tok.encode(text, add_special_tokens=True)
         ids = np.asarray([encoding.ids], dtype=np.int64)
         return ids, np.asarray([encoding.attention_mask], dtype=np.int64)
@@ -142,7 +161,7 @@ def _check_text(prompt: Any, negative_prompt: Any) -> None:
 
 
 class TextConditioner:
-    """``encode(prompt, negative_prompt, guidance)`` -> the UNet's conditioning inputs, as the pipeline makes them.
+    """``encode(prompt, negative_prompt, guidance)`` -> the UNet's conditioning inputs, as in the pipeline.
 
     Args:
         folder: the engine folder (``<stage>.onnx``, ``tokenizer/``, ``tokenizer_2/`` for AudioLDM2).
@@ -156,18 +175,22 @@ class TextConditioner:
         UsageError: unknown kind. EngineError: a tokenizer or stage file is missing.
     """
 
-    def __init__(self, folder: str | Path, kind: str, sessions: Any = None, *,
-                 max_new_tokens: int | None = None) -> None:
+    def __init__(
+        self, folder: str | Path, kind: str, sessions: Any = None, *, max_new_tokens: int | None = None
+    ) -> None:
         if kind not in TEXT_STAGES:
             raise UsageError(f"unknown pipeline kind {kind!r}; valid: {', '.join(TEXT_STAGES)}")
         self.folder, self.kind = Path(folder), kind
         self.run: StageRunner = stage_runner(folder, sessions)
         self.tokenizer = TextTokenizer.from_folder(self.folder / "tokenizer")
-        self.tokenizer_2 = TextTokenizer.from_folder(self.folder / "tokenizer_2") if kind == "audioldm2" else None
+        self.tokenizer_2 = (
+            TextTokenizer.from_folder(self.folder / "tokenizer_2") if kind == "audioldm2" else None
+        )
         self._max_new_tokens = max_new_tokens
 
-    def encode(self, prompt: str, negative_prompt: str | None = None,
-               guidance: float | None = None) -> dict[str, np.ndarray]:
+    def encode(
+        self, prompt: str, negative_prompt: str | None = None, guidance: float | None = None
+    ) -> dict[str, np.ndarray]:
         """UNet conditioning inputs named after the UNet's forward arguments.
 
         With ``guidance > 1`` (default: the pipeline's ``guidance_scale``) the batch is ``[negative, prompt]``
@@ -204,11 +227,15 @@ class TextConditioner:
             neg_generated, neg_embeds, neg_mask = self._audioldm2_branch(negative, t5_embeds.shape[1])
             generated = np.concatenate([neg_generated, generated])
             t5_embeds, t5_mask = np.concatenate([neg_embeds, t5_embeds]), np.concatenate([neg_mask, t5_mask])
-        return {"encoder_hidden_states": generated.astype(np.float32, copy=False),
-                "encoder_hidden_states_1": t5_embeds.astype(np.float32, copy=False),
-                "encoder_attention_mask_1": t5_mask.astype(np.int64, copy=False)}
+        return {
+            "encoder_hidden_states": generated.astype(np.float32, copy=False),
+            "encoder_hidden_states_1": t5_embeds.astype(np.float32, copy=False),
+            "encoder_attention_mask_1": t5_mask.astype(np.int64, copy=False),
+        }
 
-    def _audioldm2_branch(self, text: str, t5_length: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _audioldm2_branch(
+        self, text: str, t5_length: int | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One prompt: ``(generated embeds, T5 hidden states, T5 mask)``.
 
         ``t5_length`` None: the positive prompt (T5 padded to its own length); else the negative prompt,
@@ -218,17 +245,24 @@ class TextConditioner:
         clap = self.run("text_encoder", {"input_ids": ids, "attention_mask": mask})["text_embeds"]
         ids_2, mask_2 = self._tokenize(self.tokenizer_2, text, t5_length)
         t5 = self.run("text_encoder_2", {"input_ids": ids_2, "attention_mask": mask_2})["last_hidden_state"]
-        projected = self.run("projection_model", {
-            "hidden_states": clap, "hidden_states_1": t5,
-            # CLAP yields one state per prompt, always attended (``attention_mask.new_ones((batch_size, 1))``).
-            "attention_mask": np.ones((clap.shape[0], 1), dtype=np.int64), "attention_mask_1": mask_2,
-        })
+        projected = self.run(
+            "projection_model",
+            {
+                "hidden_states": clap,
+                "hidden_states_1": t5,
+                # One CLAP state per prompt, always attended (``attention_mask.new_ones((batch_size, 1))``).
+                "attention_mask": np.ones((clap.shape[0], 1), dtype=np.int64),
+                "attention_mask_1": mask_2,
+            },
+        )
         generated = self.generate(projected["projected_hidden_states"], projected["projected_attention_mask"])
         return generated, t5, mask_2
 
     @staticmethod
-    def _tokenize(tok: TextTokenizer | None, text: str, negative_length: int | None) -> tuple[np.ndarray, np.ndarray]:
-        """``encode_prompt``'s tokenizer calls: the prompt (``negative_length`` None) or the negative prompt."""
+    def _tokenize(
+        tok: TextTokenizer | None, text: str, negative_length: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``encode_prompt``'s tokenizer call: the prompt (``negative_length`` None) or the negative one."""
         if tok is None:
             raise EngineError("the AudioLDM2 conditioner needs tokenizer_2")
         if negative_length is None:
@@ -246,7 +280,10 @@ class TextConditioner:
     def generate(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """``generate_language_model``: append ``max_new_tokens`` hidden states; returns the new ones."""
         steps = self.max_new_tokens
-        embeds, mask = inputs_embeds.astype(np.float32, copy=False), attention_mask.astype(np.int64, copy=False)
+        embeds, mask = (
+            inputs_embeds.astype(np.float32, copy=False),
+            attention_mask.astype(np.int64, copy=False),
+        )
         for _ in range(steps):
             step = self.run("language_model", {"inputs_embeds": embeds, "attention_mask": mask})
             embeds = np.concatenate([embeds, step["next_hidden_state"]], axis=1)

@@ -17,10 +17,10 @@ import numpy as np
 
 from ..geometry import downsampled_length
 from ..sampling import draw_sample_index, initial_noise, seeded_streams
+from .conditioning import DEFAULT_GUIDANCE
 from .engine import EngineFolder
 
 log = logging.getLogger(__name__)
-DEFAULT_GUIDANCE = {"audioldm2": 3.5, "audioldm": 2.5, "musicldm": 2.0}
 
 
 @dataclass

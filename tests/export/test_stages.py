@@ -5,18 +5,27 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 
 from litefocus_export.errors import UsageError
 from litefocus_export.export import stage_modules
-from litefocus_export.export.stages import export_stages, verify_stages
+from litefocus_export.export.stages import export_stages, save_model, verify_stages
 from litefocus_export.models import pipeline_kind
 
 TINY = ["random:audioldm2-tiny", "random:audioldm-tiny", "random:musicldm-tiny"]
 EXPECTED_STAGES = {
-    "audioldm2": ["text_encoder", "text_encoder_2", "projection_model", "language_model", "vae_decoder", "vocoder"],
+    "audioldm2": [
+        "text_encoder",
+        "text_encoder_2",
+        "projection_model",
+        "language_model",
+        "vae_decoder",
+        "vocoder",
+    ],
     "audioldm": ["text_encoder", "vae_decoder", "vocoder"],
     "musicldm": ["text_encoder", "vae_decoder", "vocoder"],
 }
@@ -78,7 +87,8 @@ class TestExportStages:
         config = json.loads((folder / "scheduler_config.json").read_text())
         assert config["_class_name"] == type(pipe.scheduler).__name__
         assert {k: config[k] for k in ("beta_start", "beta_end", "steps_offset")} == {
-            k: pipe.scheduler.config[k] for k in ("beta_start", "beta_end", "steps_offset")}
+            k: pipe.scheduler.config[k] for k in ("beta_start", "beta_end", "steps_offset")
+        }
         if "language_model" in descriptions:
             assert descriptions["language_model"]["metadata"]["litefocus.max_new_tokens"] == "8"
 
@@ -90,8 +100,14 @@ class TestStageSelection:
         assert list(descriptions) == ["projection_model"]
         assert not (tmp_path / "vocoder.onnx").exists()
 
-    @pytest.mark.parametrize("spec, stage", [("random:audioldm2-tiny", "unet"), ("random:audioldm2-tiny", "vae"),
-                                             ("random:audioldm-tiny", "text_encoder_2")])
+    @pytest.mark.parametrize(
+        "spec, stage",
+        [
+            ("random:audioldm2-tiny", "unet"),
+            ("random:audioldm2-tiny", "vae"),
+            ("random:audioldm-tiny", "text_encoder_2"),
+        ],
+    )
     def test_unknown_stage(self, tiny_pipeline_factory, tmp_path, spec, stage):
         with pytest.raises(UsageError, match=rf"unknown stage\(s\) '{stage}' .*valid stages: text_encoder, "):
             export_stages(tiny_pipeline_factory(spec), tmp_path, stages=[stage])
@@ -101,12 +117,45 @@ class TestStageSelection:
             export_stages(tiny_pipeline_factory("random:audioldm-tiny"), tmp_path, precision="int8")
 
 
-def test_verification_catches_a_baked_shape(tiny_pipeline_factory, tmp_path, monkeypatch):
-    """Why T5 is exported with dynamo: a TorchScript trace bakes the example length into its position bias."""
+def test_export_leaves_the_pipeline_unchanged(tiny_pipeline_factory, tmp_path):
+    """Exporters switch modules to eval and back: the pipeline keeps its modes, weights and outputs."""
     pipe = tiny_pipeline_factory("random:audioldm2-tiny")
-    traced = dataclasses.replace(stage_modules._COMMON["text_encoder_2"], exporter="torchscript")
-    monkeypatch.setitem(stage_modules._COMMON, "text_encoder_2", traced)
-    descriptions = export_stages(pipe, tmp_path, stages=["text_encoder_2"])
-    assert descriptions["text_encoder_2"]["exporter"] == "torchscript"
-    _, max_rel = verify_stages(pipe, tmp_path, descriptions)["text_encoder_2"]
-    assert max_rel > 1e-2
+    models = [pipe.text_encoder, pipe.text_encoder_2, pipe.projection_model, pipe.language_model]
+    modes = [[m.training for m in model.modules()] for model in models]
+    ids = torch.tensor([[5, 6, 7, 1]])
+    with torch.no_grad():
+        before = pipe.text_encoder_2(ids).last_hidden_state
+    export_stages(
+        pipe, tmp_path, stages=["text_encoder", "text_encoder_2", "projection_model", "language_model"]
+    )
+    assert [[m.training for m in model.modules()] for model in models] == modes
+    with torch.no_grad():
+        torch.testing.assert_close(pipe.text_encoder_2(ids).last_hidden_state, before, rtol=0, atol=0)
+
+
+def test_dynamo_exporter(tiny_pipeline_factory, tmp_path, monkeypatch):
+    """The fallback exporter gives a graph with the same names, axes and accuracy."""
+    pipe = tiny_pipeline_factory("random:audioldm2-tiny")
+    spec = dataclasses.replace(stage_modules._COMMON["projection_model"], exporter="dynamo")
+    monkeypatch.setitem(stage_modules._COMMON, "projection_model", spec)
+    descriptions = export_stages(pipe, tmp_path, stages=["projection_model"], precision="fp16")
+    description = descriptions["projection_model"]
+    assert description["exporter"] == "dynamo" and description["precision"] == "fp32"
+    assert description["inputs"]["hidden_states_1"]["shape"] == ["batch", "text_tokens", 48]
+    assert description["outputs"] == ["projected_hidden_states", "projected_attention_mask"]
+    _, max_rel = verify_stages(pipe, tmp_path, descriptions)["projection_model"]
+    assert max_rel <= 1e-4
+
+
+def test_external_data(exported, tmp_path):
+    """Past 2 GB the weights go to ``<stage>.onnx.data``; the checker and ONNX Runtime read both files."""
+    _, folder, descriptions, _ = exported
+    model = onnx.load(str(folder / descriptions["vocoder"]["file"]))
+    files = save_model(model, tmp_path / "vocoder.onnx", external=True)
+    assert files == ["vocoder.onnx", "vocoder.onnx.data"]
+    mel = np.random.default_rng(0).standard_normal((1, 1, 8, 64)).astype(np.float32)
+    runs = [
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"mel": mel})[0]
+        for path in (folder / "vocoder.onnx", tmp_path / "vocoder.onnx")
+    ]
+    np.testing.assert_array_equal(*runs)
