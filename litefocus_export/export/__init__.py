@@ -102,8 +102,12 @@ def convert_to_fp16(path: Path) -> None:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = onnx.load(str(path))
+    # index arithmetic (Range and the constants feeding it) must stay fp32: the converter would turn
+    # those constants into fp16, which Range does not accept
+    producers = {out: node.name for node in model.graph.node for out in node.output}
+    keep = [producers[i] for node in model.graph.node if node.op_type == "Range" for i in node.input if i in producers]
     model = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_KEEP_FP32,
-                                     disable_shape_infer=True)
+                                     node_block_list=keep, disable_shape_infer=True)
     onnx.save(model, str(path))
 
 

@@ -55,7 +55,11 @@ class Sampler:
 
         self.engines = engines if isinstance(engines, EngineFolder) else EngineFolder(engines)
         runner = self.engines.run
-        self.conditioner = TextConditioner(self.engines.folder, self.engines.kind, runner)
+        # the LM step count is in the ONNX metadata too, but TensorRT folders hold no .onnx: use the manifest
+        lm_meta = self.engines.manifest["stages"].get("language_model", {}).get("metadata", {})
+        max_new = lm_meta.get("litefocus.max_new_tokens")
+        self.conditioner = TextConditioner(self.engines.folder, self.engines.kind, runner,
+                                           max_new_tokens=int(max_new) if max_new else None)
         self.decoder = AudioDecoder(self.engines.folder, runner)
         self.progress = progress
         self.timings = Timings()

@@ -109,3 +109,15 @@ def test_output_under_a_file_is_refused(tmp_path):
     blocker.write_text("not a folder")
     result = CliRunner().invoke(main, ["export", "--out", str(blocker / "x")])
     assert result.exit_code == 2 and "is not a folder" in result.output
+
+
+def test_fp16_export_keeps_sensitive_ops_fp32_and_stays_close(tmp_path):
+    manifest = export_pipeline("random:audioldm2-tiny", tmp_path / "fp16",
+                               ExportSettings(precision="fp16", stages=("unet",), verify=True))
+    model = onnx.load(str(tmp_path / "fp16" / "unet.onnx"))
+    assert len(custom_nodes(model)) == 20 and model.functions
+    fp16_weights = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
+    assert len(fp16_weights) > len(model.graph.initializer) // 2
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # fp32 interface
+    for name, result in manifest["verification"].items():
+        assert result["max_rel"] <= 1e-2, (name, result)
