@@ -9,6 +9,18 @@ from typing import Any
 import pytest
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread() -> Any:
+    """Tiny models gain nothing from intra-op threads; on a busy 2-core machine OpenMP spin-waits make
+    them 10-20x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_pipeline_factory() -> Callable[..., Any]:
     """``factory(spec="random:audioldm2-tiny")``: a private copy of a tiny pipeline built once per session.

@@ -235,9 +235,17 @@ def _to_onnx(
 
 def name_dims(model: onnx.ModelProto, spec: StageSpec) -> None:
     """Name dynamic dims after the spec (``batch``, ``text_tokens``, ...), graph-wide, outputs included."""
+    name_dynamic_dims(model, spec.inputs)
+    for value in model.graph.output:
+        for axis, dim_name in spec.outputs.get(value.name, {}).items():
+            value.type.tensor_type.shape.dim[axis].dim_param = dim_name
+
+
+def name_dynamic_dims(model: onnx.ModelProto, inputs: dict[str, dict[int, str]]) -> None:
+    """Replace the exporter's symbolic dims (s0, s17, ...) of ``inputs`` by their names, graph-wide."""
     mapping: dict[str, str] = {}
     for value in model.graph.input:
-        for axis, dim_name in spec.inputs.get(value.name, {}).items():
+        for axis, dim_name in inputs.get(value.name, {}).items():
             dim = value.type.tensor_type.shape.dim[axis]
             if dim.dim_param and dim.dim_param != dim_name:
                 mapping.setdefault(dim.dim_param, dim_name)
@@ -245,9 +253,6 @@ def name_dims(model: onnx.ModelProto, spec: StageSpec) -> None:
         for dim in value.type.tensor_type.shape.dim:
             if dim.dim_param in mapping:
                 dim.dim_param = mapping[dim.dim_param]
-    for value in model.graph.output:
-        for axis, dim_name in spec.outputs.get(value.name, {}).items():
-            value.type.tensor_type.shape.dim[axis].dim_param = dim_name
 
 
 def _value_info(value: onnx.ValueInfoProto) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from ..errors import ExportError
 from ..geometry import downsampled_length
 from ..models import pipeline_kind
 from ..sampling import num_samples
+from .stages import name_dynamic_dims, save_model
 
 log = logging.getLogger(__name__)
 UNET_FILE = "unet.onnx"
@@ -155,20 +156,6 @@ def export_friendly_upsampling(unet: torch.nn.Module) -> Iterator[None]:
             del module.forward
 
 
-def rename_dynamic_dims(model: onnx.ModelProto, signature: UNetSignature) -> None:
-    """Give the exporter's symbolic dims (s0, s17, ...) the names of the signature, graph-wide."""
-    mapping: dict[str, str] = {}
-    for value in model.graph.input:
-        for axis, name in signature.dynamic.get(value.name, {}).items():
-            dim = value.type.tensor_type.shape.dim[axis]
-            if dim.dim_param and dim.dim_param != name:
-                mapping.setdefault(dim.dim_param, name)
-    for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
-        for dim in value.type.tensor_type.shape.dim:
-            if dim.dim_param in mapping:
-                dim.dim_param = mapping[dim.dim_param]
-
-
 def describe_input(example: torch.Tensor, dynamic: dict[int, str]) -> dict[str, Any]:
     """dtype, dynamic axes and shape (ints for static dims, names for dynamic ones) of one graph input."""
     shape = [dynamic.get(axis, int(size)) for axis, size in enumerate(example.shape)]
@@ -201,7 +188,7 @@ def export_unet(pipe: Any, out_dir: Path, *, attention: str = "litefocus", confi
         attach_function(model)
     check_custom_op(model, expected)
     path = out_dir / UNET_FILE
-    _save(model, path)
+    save_model(model, path)
     return {
         "file": UNET_FILE,
         "inputs": {name: describe_input(t, signature.dynamic[name]) for name, t in signature.inputs.items()},
@@ -232,7 +219,7 @@ def _trace_to_onnx(module: torch.nn.Module, signature: UNetSignature, opset: int
         optimize=False, verbose=False,
     )
     model = onnx_program.model_proto
-    rename_dynamic_dims(model, signature)
+    name_dynamic_dims(model, signature.dynamic)
     log.info("translated in %.1f s", time.perf_counter() - start)
     return model
 
@@ -245,14 +232,3 @@ def check_custom_op(model: onnx.ModelProto, expected_nodes: int) -> None:
         raise ExportError(f"exported UNet has {nodes} {OP_TYPE} nodes, expected {expected_nodes} (op was inlined?)")
     if expected_nodes and not has_function:
         raise ExportError(f"exported UNet lacks the {DOMAIN}::{OP_TYPE} function body")
-
-
-def _save(model: onnx.ModelProto, path: Path) -> None:
-    """Save, with external data when the model is over protobuf's 2 GB limit."""
-    large = model.ByteSize() > 1_800_000_000 if hasattr(model, "ByteSize") else True
-    if large:
-        onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
-                  location=path.name + ".data", size_threshold=1024)
-    else:
-        onnx.save(model, path)
-    onnx.checker.check_model(str(path), full_check=True)

@@ -143,7 +143,7 @@ def block_config(head_dim: int, dtype_name: str, block_t: int | None = None,
         block_n=block_n or (64 if row_bytes <= 128 else 32),
         block_d=block_d,
         # 3 stages measured fastest at the 80 s fp16 shape (H200 sweep, docs/device_check_kernel_h200.log)
-        num_stages=(3 if row_bytes <= 128 else 2) if row_bytes <= 256 else 1,
+        num_stages=(3 if row_bytes <= 64 else 2) if row_bytes <= 256 else 1,
     )
 
 

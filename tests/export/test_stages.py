@@ -31,17 +31,9 @@ EXPECTED_STAGES = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads; on a busy 2-core machine spin-waits slow them down.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module", params=TINY, ids=lambda spec: spec.split(":")[1])
-def exported(request, tiny_pipeline_factory, tmp_path_factory, _one_thread):
+def exported(request, tiny_pipeline_factory, tmp_path_factory):
     """``(pipe, folder, descriptions, verification)`` of one tiny pipeline, exported once per module."""
     pipe = tiny_pipeline_factory(request.param)
     folder = tmp_path_factory.mktemp(request.param.split(":")[1])

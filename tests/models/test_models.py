@@ -33,15 +33,6 @@ COMPONENTS = {
 F8_SELF_ATTENTIONS = {"audioldm2": 20, "audioldm": 10, "musicldm": 10}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP spin-waits
-    # make them 10-20x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _generate(pipe, seconds: float = 2.0) -> np.ndarray:
     generator = torch.Generator().manual_seed(0)

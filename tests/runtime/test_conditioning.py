@@ -29,16 +29,9 @@ CASES = [
 CASE_IDS = ["default-negative", "long-negative", "no-guidance", "empty-prompt", "truncated"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module", params=TINY, ids=lambda spec: spec.split(":")[1])
-def engine(request, tiny_pipeline_factory, tmp_path_factory, _one_thread):
+def engine(request, tiny_pipeline_factory, tmp_path_factory):
     """``(pipe, kind, folder)``: one tiny pipeline with its non-UNet stages exported, once per module."""
     from litefocus_export.export.stages import export_stages
     from litefocus_export.models import pipeline_kind
