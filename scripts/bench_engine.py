@@ -13,16 +13,22 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 
-def time_engine(folder: str, seconds: float, threads: int) -> dict:
+def time_engine(folder: str, seconds: float, threads: int, raw: bool) -> dict:
+    """One UNet step on the engine folder, or (``raw``) on the un-optimised export it was built from."""
     import numpy as np
 
     from litefocus_export.geometry import latent_frames
     from litefocus_export.runtime import EngineFolder
+    from litefocus_export.runtime.engine import OrtStage
     from litefocus_export.runtime.sampler import draw_unet_samples
 
     engines = EngineFolder(folder, threads=threads)
+    if raw:
+        export = engines.manifest["export"]["folder"]
+        engines._runners["unet"] = OrtStage(Path(export) / "unet.onnx", ["CPUExecutionProvider"], threads)
     frames = latent_frames(seconds)
     rng = np.random.default_rng(0)
     feeds = {"sample": rng.standard_normal((2, 8, frames, 16), dtype=np.float32),
@@ -35,7 +41,7 @@ def time_engine(folder: str, seconds: float, threads: int) -> dict:
     engines.run("unet", feeds)  # warm-up: session creation and first-run allocations
     start = time.perf_counter()
     engines.run("unet", feeds)
-    return {"variant": "onnxruntime-litefocus", "step_s": time.perf_counter() - start}
+    return {"variant": "raw-onnx" if raw else "engine", "step_s": time.perf_counter() - start}
 
 
 def main() -> None:
@@ -43,9 +49,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=80.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--raw", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        result = time_engine(args.child, args.seconds, args.threads)
+        result = time_engine(args.child, args.seconds, args.threads, args.raw)
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result))
         return
@@ -63,16 +70,19 @@ def main() -> None:
     rows = [json.loads(subprocess.run([*bench, str(args.seconds), impl], capture_output=True, text=True,
                                       check=True).stdout.strip().splitlines()[-1]) for impl in
             ("stock", "litefocus-fast")]
-    engine = json.loads(subprocess.run([sys.executable, __file__, "--seconds", str(args.seconds), "--threads",
-                                        str(args.threads), "--child", str(folder)], capture_output=True,
-                                       text=True, check=True).stdout.strip().splitlines()[-1])
+    child = [sys.executable, __file__, "--seconds", str(args.seconds), "--threads", str(args.threads), "--child",
+             str(folder)]
+    engine, raw = (json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True)
+                              .stdout.strip().splitlines()[-1]) for cmd in (child, [*child, "--raw"]))
     stock, patched = rows
     print(f"\n| {args.seconds:g} s, batch 2, fp32 | UNet step | peak RSS |\n|---|---|---|")
     print(f"| stock diffusers UNet (SDPA) | {stock['forward_s']:.2f} s | {stock['peak_rss_mb']:.0f} MB |")
     print(f"| patched PyTorch UNet (LiteFocus) | {patched['forward_s']:.2f} s | {patched['peak_rss_mb']:.0f} MB |")
+    print(f"| ONNX Runtime, raw exported ONNX | {raw['step_s']:.2f} s | {raw['peak_rss_mb']:.0f} MB |")
     print(f"| ONNX Runtime LiteFocus engine | {engine['step_s']:.2f} s | {engine['peak_rss_mb']:.0f} MB |")
     print(f"\nengine vs stock: {stock['forward_s'] / engine['step_s']:.2f}x; "
-          f"engine vs patched torch: {patched['forward_s'] / engine['step_s']:.2f}x")
+          f"engine vs patched torch: {patched['forward_s'] / engine['step_s']:.2f}x; "
+          f"engine vs raw ONNX: {raw['step_s'] / engine['step_s']:.2f}x")
 
 
 if __name__ == "__main__":

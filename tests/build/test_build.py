@@ -1,0 +1,50 @@
+"""Engine builds: atomic folders, clear errors for absent backends."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from click.testing import CliRunner
+
+from litefocus_export.build import OnnxRuntimeBackend, build_engines
+from litefocus_export.cli import main
+from litefocus_export.manifest import read_manifest
+from litefocus_export.profiles import DurationProfile
+
+
+def test_interrupted_build_leaves_earlier_engines_and_no_half_folder(tiny_build, monkeypatch):
+    engines, _, settings = tiny_build
+    before = read_manifest(engines)
+    real_build = OnnxRuntimeBackend.build
+
+    def build_then_interrupt(self, export_dir, export_manifest, out):
+        real_build(self, export_dir, export_manifest, out)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "build", build_then_interrupt)
+    other = replace(settings, profile=DurationProfile(1, 5, 6))
+    with pytest.raises(KeyboardInterrupt):
+        build_engines(other, engines.parent)
+    leftovers = [p.name for p in engines.parent.iterdir() if "5-6s" in p.name or ".partial-" in p.name]
+    assert leftovers == []
+    assert read_manifest(engines) == before
+
+
+def test_tensorrt_without_tensorrt_is_one_line(tmp_path):
+    result = CliRunner().invoke(main, ["build", "--backend", "tensorrt", "--seconds", "10", "--out", str(tmp_path)])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "TensorRT" in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--seconds", "0"], "positive"),
+    (["--profile", "10:5:20"], "min <= opt <= max"),
+    (["--profile", "10"], "MIN:OPT:MAX"),
+    (["--seconds", "10", "--profile", "1:2:3"], "not both"),
+])
+def test_bad_profiles(tmp_path, args, message):
+    result = CliRunner().invoke(main, ["build", "--out", str(tmp_path), *args])
+    assert result.exit_code == 2 and message in result.output
