@@ -208,3 +208,44 @@ def inspect(folder) -> None:  # noqa: ANN001
         click.echo(f"  stage      {name:18s} {desc.get('engine', desc['file'])}")
     click.echo(f"  files      {len(m['files'])}, {sum(f['bytes'] for f in m['files'].values()) / 1e6:.1f} MB, "
                f"hashes verified")
+
+
+@main.command()
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Model spec or local diffusers folder.")
+@click.option("--seconds", default="10,20,40,80", show_default=True, help="Comma-separated audio durations.")
+@click.option("--backends", default="torch,onnxruntime,tensorrt", show_default=True,
+              help="Comma-separated: torch, onnxruntime, tensorrt (unavailable ones are listed as skipped).")
+@click.option("--attention", default="full,litefocus", show_default=True, help="Comma-separated: full, litefocus.")
+@click.option("--steps", type=int, default=10, show_default=True, help="Denoising steps (--stages all).")
+@click.option("--repeats", type=int, default=3, show_default=True, help="Timed repeats per configuration (medians).")
+@click.option("--warmup", type=int, default=1, show_default=True, help="Untimed runs before the repeats.")
+@click.option("--stages", type=click.Choice(["unet", "all"]), default="all", show_default=True,
+              help="unet: one UNet evaluation at batch 2; all: whole generations with a per-stage breakdown.")
+@click.option("--accuracy", is_flag=True, help="Also compare outputs: engines vs PyTorch, LiteFocus vs full.")
+@click.option("--prompt", default="a dog barking in the rain", show_default=True, help="Prompt (--stages all).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for noise, samples and UNet inputs.")
+@click.option("--threads", type=int, default=0, show_default=True,
+              help="Intra-op threads for torch and ONNX Runtime (0: library default).")
+@click.option("--sparse-ratio", type=float, default=0.1, show_default=True, help="LiteFocus sampled fraction.")
+@click.option("--levels", default="8", show_default=True, help="Latent widths of the LiteFocus levels.")
+@click.option("--engines-dir", type=click.Path(path_type=Path), default=None,
+              help="Where engines are built (default: $LITEFOCUS_CACHE/report-engines).")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for report.md, report.json and the plots.")
+def report(model, seconds, backends, attention, steps, repeats, warmup, stages, accuracy, prompt, seed, threads,  # noqa: ANN001
+           sparse_ratio, levels, engines_dir, out) -> None:
+    """Latency comparison: duration x backend x attention, medians, stage breakdown, FLOPs, plots."""
+    from .report import ReportSettings, parse_list, run_report
+
+    settings = ReportSettings(out=out, model=model, seconds=parse_list(seconds, "seconds"),
+                              backends=parse_list(backends, "backends"), attention=parse_list(attention, "attention"),
+                              steps=steps, repeats=repeats, warmup=warmup, stages=stages, accuracy=accuracy,
+                              seed=seed, prompt=prompt, threads=threads, sparse_ratio=sparse_ratio,
+                              levels=parse_levels(levels), engines_dir=engines_dir)
+    data = run_report(settings)
+    click.echo(f"measured {data['measured_configurations']} configurations; wrote {out / 'report.md'}, "
+               f"{out / 'report.json'}" + "".join(f", {out / p}" for p in data["plots"]))
+    for skipped in data["skipped"]:
+        click.echo(f"  skipped {skipped['backend']} ({skipped['attention']}): {skipped['reason']}")
+    for failed in data["failed"]:
+        click.echo(f"  failed {failed['seconds']:g} s {failed['backend']} {failed['attention']}: {failed['error']}")

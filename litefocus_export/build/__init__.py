@@ -46,10 +46,10 @@ def cached_export(settings: BuildSettings) -> Path:
     from ..models import spec_fingerprint
 
     export = settings.export
+    tools = tool_versions("litefocus-export", "torch", "diffusers", "transformers", "onnx")
     key = cache_key({"model": spec_fingerprint(settings.model), "attention": export.attention,
                      "ratio": export.sparse_ratio, "levels": export.levels, "opset": export.opset,
-                     "precision": export.precision, "tools": tool_versions("litefocus-export", "torch",
-                                                                           "diffusers", "transformers", "onnx")})
+                     "precision": export.precision, "stages": export.stages, "tools": tools})
     folder = cache_root() / "exports" / f"{folder_name(settings.model)}-{export.attention}-{key}"
     try:
         read_manifest(folder)

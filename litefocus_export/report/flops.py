@@ -131,7 +131,7 @@ def step_flops(layers: list[AttentionLayer], geometry: AudioGeometry, seconds: f
             "self_attention_layers": sum(layer.self_attention for layer in layers),
             "cross_attention_layers": sum(not layer.self_attention for layer in layers),
             "full_gflop": (full + cross) / 1e9, "litefocus_gflop": (lite + cross) / 1e9,
-            "ratio": (full + cross) / (lite + cross) if lite + cross else float("nan")}
+            "ratio": (full + cross) / (lite + cross) if lite + cross else None}
 
 
 def flops_table(spec: str, seconds: list[float], sparse_ratio: float, levels: tuple[int, ...]) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import resource
 import sys
 import time
@@ -25,14 +26,18 @@ log = logging.getLogger(__name__)
 TIMESTEP = 500.0
 
 
-def rss_mb() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
-
-
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (Linux reports KiB)."""
+    """Peak resident set size of this process so far, in MiB.
+
+    Linux: ``VmHWM`` of /proc/self/status, which starts afresh at exec; ``ru_maxrss`` would still hold the
+    peak of the forked parent image. Elsewhere ``ru_maxrss`` (bytes on macOS, KiB otherwise).
+    """
+    try:
+        match = re.search(r"^VmHWM:\s*(\d+)\s*kB", Path("/proc/self/status").read_text(), re.MULTILINE)
+        if match:
+            return int(match.group(1)) / 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
@@ -82,6 +87,8 @@ class TorchUNet:
 
     def __call__(self) -> np.ndarray:
         args = dict(self.inputs)
+        if "class_labels" in args:  # AudioLDM / MusicLDM: no text context, as their pipelines call the UNet
+            args["encoder_hidden_states"] = None
         with self.torch.inference_mode():
             out = self.unet(args.pop("sample"), args.pop("timestep"), **args, return_dict=False)[0]
         return out.numpy()
@@ -132,14 +139,12 @@ def run_job(job: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray]:
         import torch
 
         torch.set_num_threads(job["threads"])
-    start = time.perf_counter()
     if job["stages"] == "unet":
         step = TorchUNet(job, facts) if job["backend"] == "torch" else EngineUNet(job, facts)
-        loaded = {"load_s": time.perf_counter() - start, "loaded_rss_mb": rss_mb()}
         times, output = time_unet(step, job["repeats"], job["warmup"])
     else:
-        times, output, loaded = time_generations(job, start)
-    return {**times, **loaded, "peak_rss_mb": peak_rss_mb()}, output
+        times, output = time_generations(job)
+    return {**times, "peak_rss_mb": peak_rss_mb()}, output
 
 
 def main(argv: list[str]) -> int:

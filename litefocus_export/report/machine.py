@@ -1,0 +1,43 @@
+"""The machine a report ran on: CPU model, cores, memory, OS and tool versions (no torch import)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from pathlib import Path
+from typing import Any
+
+from ..manifest import tool_versions
+
+PACKAGES = ("litefocus-export", "torch", "onnxruntime", "onnxruntime-gpu", "tensorrt", "diffusers", "transformers",
+            "numpy")
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name from /proc/cpuinfo, else what ``platform`` knows."""
+    try:
+        match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
+        if match:
+            return match.group(1).strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU, cores (logical, physical, usable by this process), memory, OS, load and package versions."""
+    import psutil
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {
+        "cpu": cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "usable_cores": usable,
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "os": platform.platform(),
+        "load_average_at_start": [round(v, 2) for v in load] if load else None,
+        "versions": tool_versions(*PACKAGES),
+    }

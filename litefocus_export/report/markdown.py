@@ -1,0 +1,141 @@
+"""report.md, rendered from the report.json data only (the numbers are the same, printed with ``fmt_*``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+NA = "-"
+
+
+def fmt_seconds(value: float | None) -> str:
+    return NA if value is None else f"{value:.4g}"
+
+
+def fmt_speedup(value: float | None) -> str:
+    return NA if value is None else f"{value:.2f}x"
+
+
+def fmt_mb(value: float | None) -> str:
+    return NA if value is None else f"{value:.0f}"
+
+
+def fmt_error(value: float | None) -> str:
+    return NA if value is None else f"{value:.3e}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def _key(row: dict[str, Any]) -> list[str]:
+    return [f"{row['seconds']:g}", row["backend"], row["attention"]]
+
+
+def _pair(value: dict[str, Any] | None, key: str, fmt: Any) -> str:
+    return fmt(value.get(key)) if value else NA
+
+
+def header_section(data: dict[str, Any]) -> list[str]:
+    s = data["settings"]
+    if s["stages"] == "all":
+        what = f"whole generations ({s['steps']} steps, prompt \"{s['prompt']}\")"
+        warmup = f"{s['warmup']} warm-up run(s) (1-step generations)"
+    else:
+        what, warmup = "one UNet evaluation at batch 2 (classifier-free guidance)", f"{s['warmup']} warm-up run(s)"
+    progress = f"{data['measured_configurations']} of {data['planned_configurations']} configurations"
+    state = ("complete" if data["complete"] else f"**interrupted after {progress}**" if data["interrupted"]
+             else f"in progress: {progress}")
+    return ["# LiteFocus latency report", "",
+            f"Model `{s['model']}`, `--stages {s['stages']}`: {what}. Medians of {s['repeats']} timed repeats after "
+            f"{warmup} per configuration, seed {s['seed']}, threads {s['threads'] or 'library default'}, LiteFocus "
+            f"sparse ratio {s['sparse_ratio']:g} at latent widths {', '.join(map(str, s['levels']))}. Created "
+            f"{data['created']}; {state}.", ""]
+
+
+def latency_section(data: dict[str, Any]) -> list[str]:
+    header = ["audio (s)", "backend", "attention", "UNet step (s)", "end to end (s)", "LiteFocus vs full (step)",
+              "LiteFocus vs full (end to end)", "vs PyTorch (step)", "vs PyTorch (end to end)", "peak RSS (MB)",
+              "attention GFLOP/step", "status"]
+    rows = [_key(r) + [fmt_seconds(r["unet_step_s"]), fmt_seconds(r["end_to_end_s"]),
+                       _pair(r["speedup_litefocus_vs_full"], "unet_step", fmt_speedup),
+                       _pair(r["speedup_litefocus_vs_full"], "end_to_end", fmt_speedup),
+                       _pair(r["speedup_vs_torch"], "unet_step", fmt_speedup),
+                       _pair(r["speedup_vs_torch"], "end_to_end", fmt_speedup),
+                       fmt_mb(r["peak_rss_mb"]), f"{r['attention_gflop']:.4g}", r["status"]] for r in data["rows"]]
+    notes = data["notes"]
+    return ["## Latency", "", *table(header, rows), "",
+            f"UNet step: {notes['unet_step']}. Speedups are ratios of medians: LiteFocus vs full = full-attention "
+            "time / LiteFocus time (same backend and duration); vs PyTorch = PyTorch time / engine time (same "
+            f"attention and duration). Peak RSS: {notes['peak_rss']}.", ""]
+
+
+def stages_section(data: dict[str, Any]) -> list[str]:
+    if data["settings"]["stages"] != "all":
+        return ["## Per-stage breakdown", "", "Not measured with `--stages unet` (run `--stages all`).", ""]
+    header = ["audio (s)", "backend", "attention", "text conditioning (s)",
+              f"UNet steps, all {data['settings']['steps']} (s)", "VAE decode (s)", "vocoder (s)", "end to end (s)"]
+    keys = ("conditioning_s", "unet_steps_s", "vae_decode_s", "vocoder_s")
+    rows = [_key(r) + [_pair(r["stages"], k, fmt_seconds) for k in keys] + [fmt_seconds(r["end_to_end_s"])]
+            for r in data["rows"]]
+    notes = data["notes"]
+    return ["## Per-stage breakdown (medians)", "", *table(header, rows), "",
+            f"{notes['torch_stages']}. {notes['engine_stages']}.", ""]
+
+
+def flops_section(data: dict[str, Any]) -> list[str]:
+    backends = data["settings"]["backends"]
+    header = ["audio (s)", "latent frames", "tokens at patched level", "patched layers", "full GFLOP",
+              "LiteFocus GFLOP", "FLOP ratio"] + [f"measured speedup, {b} (step)" for b in backends]
+    rows = [[f"{f['seconds']:g}", str(f["latent_frames"]), str(f["patched_tokens"]), str(f["patched_layers"]),
+             f"{f['full_gflop']:.4g}", f"{f['litefocus_gflop']:.4g}", fmt_speedup(f["ratio"])]
+            + [fmt_speedup(f["measured_unet_step_speedup"].get(b)) for b in backends]
+            for f in data["flops"]["per_duration"]]
+    return ["## Attention FLOPs per UNet step (analytic)", "", *table(header, rows), "",
+            f"Formula: {data['flops']['formula']}. Only the attention matmuls are counted (no projections, "
+            "feed-forwards or convolutions), so the whole-UNet FLOP ratio, and the best possible speedup, is smaller.",
+            ""]
+
+
+def accuracy_section(data: dict[str, Any]) -> list[str]:
+    if not data["settings"]["accuracy"]:
+        return []
+    header = ["audio (s)", "backend", "attention", "vs PyTorch max abs", "vs PyTorch max rel",
+              "LiteFocus vs full max abs (difference, not a quality score)", "LiteFocus vs full max rel"]
+    rows = []
+    for r in data["rows"]:
+        acc = r["accuracy"] or {}
+        rows.append(_key(r) + [_pair(acc.get("vs_torch"), "max_abs", fmt_error),
+                               _pair(acc.get("vs_torch"), "max_rel", fmt_error),
+                               _pair(acc.get("litefocus_vs_full"), "max_abs", fmt_error),
+                               _pair(acc.get("litefocus_vs_full"), "max_rel", fmt_error)])
+    what = "waveforms" if data["settings"]["stages"] == "all" else "UNet outputs (noise predictions)"
+    return ["## Accuracy", "", *table(header, rows), "", f"Compared: {what}. {data['notes']['accuracy']}.", ""]
+
+
+def skipped_section(data: dict[str, Any]) -> list[str]:
+    lines = ["## Skipped and failed", ""]
+    lines += [f"- skipped: {s['backend']} ({s['attention']} attention): {s['reason']}" for s in data["skipped"]]
+    lines += [f"- failed: {f['seconds']:g} s {f['backend']} {f['attention']}: {f['error']}" for f in data["failed"]]
+    return lines + (["- nothing"] if len(lines) == 2 else []) + [""]
+
+
+def machine_section(data: dict[str, Any]) -> list[str]:
+    m = data["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+    load = ", ".join(map(str, m["load_average_at_start"] or [])) or "unknown"
+    return ["## Machine", "", f"- CPU: {m['cpu']}; {m['logical_cores']} logical cores ({m['physical_cores']} physical, "
+            f"{m['usable_cores']} usable by this process); {m['memory_gb']} GB memory",
+            f"- OS: {m['os']}; load average at start: {load}", f"- versions: {versions}", ""]
+
+
+def plots_section(data: dict[str, Any]) -> list[str]:
+    if not data["plots"]:
+        return []
+    return ["## Plots", "", *[f"![{p.removesuffix('.png')}]({p})" for p in data["plots"]], ""]
+
+
+def render_markdown(data: dict[str, Any]) -> str:
+    sections = (header_section, latency_section, stages_section, flops_section, accuracy_section, skipped_section,
+                machine_section, plots_section)
+    return "\n".join(line for section in sections for line in section(data))

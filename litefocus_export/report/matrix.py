@@ -1,0 +1,251 @@
+"""The report matrix: duration x backend x attention, each configuration measured in a child process.
+
+``run_report`` builds the engines it needs (one build per engine backend and attention mode, for the
+longest duration, export cached), then measures every configuration (warm-up, repeats, medians) and
+rewrites ``report.md``, ``report.json`` and the plots after each one, so an interrupted run keeps what it
+measured. Backends that cannot run here are listed as skipped with the reason, never left out silently.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ..errors import LiteFocusError, UsageError
+from ..geometry import check_seconds
+
+log = logging.getLogger(__name__)
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+ENGINE_BACKENDS = ("onnxruntime", "tensorrt")
+ATTENTIONS = ("full", "litefocus")
+DEFAULT_PROMPT = "a dog barking in the rain"
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """What to measure and where to write it.
+
+    Args:
+        out: output folder (report.md, report.json, latency.png, speedup.png).
+        model: model spec (default the tiny random AudioLDM2).
+        seconds: audio durations.
+        backends: ``torch``, ``onnxruntime``, ``tensorrt`` (engines built with ``build_engines``).
+        attention: ``full`` and/or ``litefocus``.
+        steps: denoising steps per generation (``stages="all"``).
+        repeats: timed repeats per configuration (medians are reported); ``warmup`` untimed runs before.
+        stages: ``"unet"`` (one UNet evaluation at batch 2) or ``"all"`` (whole generations).
+        accuracy: also compare outputs (engine vs PyTorch, LiteFocus vs full) with the same seed.
+        threads: intra-op threads for torch and ONNX Runtime (0: the libraries' default).
+        engines_dir: where engine folders are built (default ``$LITEFOCUS_CACHE/report-engines``).
+    """
+
+    out: Path
+    model: str = "random:audioldm2-tiny"
+    seconds: tuple[float, ...] = (10.0, 20.0, 40.0, 80.0)
+    backends: tuple[str, ...] = BACKENDS
+    attention: tuple[str, ...] = ATTENTIONS
+    steps: int = 10
+    repeats: int = 3
+    warmup: int = 1
+    stages: Literal["unet", "all"] = "all"
+    accuracy: bool = False
+    seed: int = 0
+    prompt: str = DEFAULT_PROMPT
+    threads: int = 0
+    sparse_ratio: float = 0.1
+    levels: tuple[int, ...] = (8,)
+    engines_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out", Path(self.out))
+        object.__setattr__(self, "seconds", tuple(sorted({check_seconds(s) for s in self.seconds})))
+        _check_choices("backend", self.backends, BACKENDS)
+        _check_choices("attention", self.attention, ATTENTIONS)
+        if self.stages not in ("unet", "all"):
+            raise UsageError(f"stages must be unet or all, got {self.stages!r}")
+        for name in ("steps", "repeats"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.warmup < 0 or self.threads < 0:
+            raise UsageError("warmup and threads must be >= 0")
+
+
+def _check_choices(what: str, values: tuple[str, ...], valid: tuple[str, ...]) -> None:
+    if not values:
+        raise UsageError(f"give at least one {what}; choices: {', '.join(valid)}")
+    for value in values:
+        if value not in valid:
+            raise UsageError(f"unknown {what} {value!r}; choices: {', '.join(valid)}")
+
+
+def parse_list(text: str, what: str) -> tuple[str, ...]:
+    """``"a, b,a"`` -> ``("a", "b")`` (order kept, duplicates dropped)."""
+    items = tuple(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
+    if not items:
+        raise UsageError(f"--{what} needs at least one value")
+    return items
+
+
+@dataclass
+class ReportState:
+    """Everything the outputs are written from; grows row by row."""
+
+    settings: ReportSettings
+    machine: dict[str, Any]
+    flops: list[dict[str, Any]]
+    engines: dict[tuple[str, str], Path] = field(default_factory=dict)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    planned: int = 0
+    interrupted: bool = False
+    started: float = field(default_factory=time.time)
+
+
+def run_report(settings: ReportSettings) -> dict[str, Any]:
+    """Measure the matrix and write the outputs; returns the report.json data.
+
+    Raises:
+        UsageError: bad settings or an unwritable output folder.
+        KeyboardInterrupt: after writing the rows measured so far.
+    """
+    from ..export import check_output_folder
+    from .flops import flops_table
+    from .machine import machine_info
+    from .output import write_outputs
+
+    check_output_folder(settings.out)
+    settings.out.mkdir(parents=True, exist_ok=True)
+    state = ReportState(settings, machine_info(),
+                        flops_table(settings.model, list(settings.seconds), settings.sparse_ratio, settings.levels))
+    work = Path(tempfile.mkdtemp(prefix=".report-work-", dir=settings.out))
+    try:
+        build_all(state)
+        configs = planned_configs(state)
+        state.planned = len(configs)
+        write_outputs(state, work)
+        measure_all(state, configs, work)
+        return write_outputs(state, work)
+    except KeyboardInterrupt:
+        state.interrupted = True
+        write_outputs(state, work)
+        log.warning("interrupted: %d of %d configurations kept in %s", len(state.rows), state.planned, settings.out)
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def build_all(state: ReportState) -> None:
+    """One engine folder per engine backend and attention, for the longest duration; failures are skipped."""
+    for backend in (b for b in state.settings.backends if b in ENGINE_BACKENDS):
+        for attention in state.settings.attention:
+            try:
+                state.engines[backend, attention] = build_one(state.settings, backend, attention)
+            except LiteFocusError as exc:
+                log.warning("skipping %s (%s attention): %s", backend, attention, exc)
+                state.skipped.append({"backend": backend, "attention": attention, "reason": str(exc)})
+
+
+def build_one(settings: ReportSettings, backend: str, attention: str) -> Path:
+    from ..build import BuildSettings, build_engines
+    from ..build.cache import cache_root
+    from ..errors import BuildError
+    from ..export import ExportSettings
+    from ..manifest import read_manifest
+    from ..profiles import DurationProfile
+
+    if backend == "tensorrt" and importlib.util.find_spec("tensorrt") is None:
+        raise BuildError("TensorRT is not installed (pip install 'litefocus-export[gpu]' on an NVIDIA GPU machine)")
+    export = ExportSettings(attention=attention, sparse_ratio=settings.sparse_ratio, levels=settings.levels,
+                            stages=("unet",) if settings.stages == "unet" else None)
+    build = BuildSettings(model=settings.model, profile=DurationProfile.for_seconds(max(settings.seconds)),
+                          backend=backend, export=export)
+    start = time.perf_counter()
+    log.info("building %s engines (%s attention) ...", backend, attention)
+    folder = build_engines(build, settings.engines_dir or cache_root() / "report-engines")
+    log.info("engines ready in %.1f s: %s", time.perf_counter() - start, folder)
+    stages = read_manifest(folder, verify_hashes=False)
+    if settings.stages == "all" and set(stages["stages"]) == {"unet"}:
+        raise BuildError(f"the cached export {stages['export']['folder']} holds only the unet stage (a UNet-only "
+                         f"export shares its cache key); delete it to export every stage")
+    return folder
+
+
+def planned_configs(state: ReportState) -> list[tuple[float, str, str]]:
+    """Every (seconds, backend, attention) that can run, shortest durations first."""
+    s = state.settings
+    return [(sec, b, a) for sec in s.seconds for b in s.backends for a in s.attention
+            if b == "torch" or (b, a) in state.engines]
+
+
+def measure_all(state: ReportState, configs: list[tuple[float, str, str]], work: Path) -> None:
+    """Measure ``configs`` in order under a progress bar, rewriting the outputs after each."""
+    import statistics
+
+    from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from .output import write_outputs
+
+    with logging_redirect_tqdm(), tqdm(configs, desc="report", unit="config") as bar:
+        for seconds, backend, attention in bar:
+            bar.set_postfix_str(f"{seconds:g} s {backend} {attention}")
+            row = measure_one(state, seconds, backend, attention, work)
+            state.rows.append(row)
+            done = row["status"] == "ok"
+            log.info("%g s %s %s: %s", seconds, backend, attention,
+                     f"UNet step {statistics.median(row['raw']['unet_step_s']):.4g} s" if done else row["error"])
+            write_outputs(state, work)
+
+
+def job_for(state: ReportState, seconds: float, backend: str, attention: str, work: Path) -> dict[str, Any]:
+    s = state.settings
+    engines = state.engines.get((backend, attention))
+    return {"model": s.model, "backend": backend, "engines": str(engines) if engines else None,
+            "attention": attention, "seconds": seconds, "stages": s.stages, "steps": s.steps, "repeats": s.repeats,
+            "warmup": s.warmup, "seed": s.seed, "prompt": s.prompt, "threads": s.threads,
+            "sparse_ratio": s.sparse_ratio, "levels": list(s.levels),
+            "output": str(output_path(work, seconds, backend, attention)) if s.accuracy else None}
+
+
+def output_path(work: Path, seconds: float, backend: str, attention: str) -> Path:
+    return work / f"{seconds:g}s-{backend}-{attention}.npy"
+
+
+def measure_one(state: ReportState, seconds: float, backend: str, attention: str, work: Path) -> dict[str, Any]:
+    """Run one configuration in a child process; a failure becomes a row with its reason."""
+    job = job_for(state, seconds, backend, attention, work)
+    stem = output_path(work, seconds, backend, attention).with_suffix("")
+    job_file, result_file = stem.with_suffix(".job.json"), stem.with_suffix(".result.json")
+    job_file.write_text(json.dumps(job))
+    row: dict[str, Any] = {"seconds": seconds, "backend": backend, "attention": attention}
+    proc = subprocess.run([sys.executable, "-m", "litefocus_export.report.measure", str(job_file), str(result_file)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0 or not result_file.is_file():
+        return {**row, "status": "failed", "error": failure_reason(proc)}
+    return {**row, "status": "ok", "error": None, "raw": json.loads(result_file.read_text())}
+
+
+def failure_reason(proc: subprocess.CompletedProcess) -> str:
+    if proc.returncode < 0:
+        hint = " (out of memory?)" if proc.returncode == -9 else ""
+        return f"the measuring process was killed by signal {-proc.returncode}{hint}"
+    lines = [line.strip() for line in (proc.stderr or "").splitlines() if line.strip()]
+    log.debug("measuring process failed:\n%s", proc.stderr)
+    return lines[-1] if lines else f"the measuring process exited with code {proc.returncode}"
+
+
+def settings_dict(settings: ReportSettings) -> dict[str, Any]:
+    data = asdict(settings)
+    data.update(out=str(settings.out), engines_dir=str(settings.engines_dir) if settings.engines_dir else None,
+                seconds=list(settings.seconds), backends=list(settings.backends),
+                attention=list(settings.attention), levels=list(settings.levels))
+    return data
