@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
 from types import SimpleNamespace
+
+from litefocus_export.report.measure import peak_rss_mb  # VmHWM: ru_maxrss keeps the parent's peak
 
 IMPLS = ("stock", "litefocus-fast", "litefocus-reference")
 
@@ -46,7 +47,7 @@ def one_forward(seconds: float, impl: str, threads: int, repeats: int) -> dict:
             start = time.perf_counter()
             unet(sample, torch.tensor([500, 500]), **cond, return_dict=False)
             times.append(time.perf_counter() - start)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
+    rss = peak_rss_mb()
     return {"seconds": seconds, "impl": impl, "forward_s": min(times), "peak_rss_mb": rss, "frames": frames}
 
 

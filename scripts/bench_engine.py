@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from litefocus_export.report.measure import peak_rss_mb  # VmHWM: ru_maxrss keeps the parent's peak
 
 
 def time_engine(folder: str, seconds: float, threads: int, raw: bool) -> dict:
@@ -53,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         result = time_engine(args.child, args.seconds, args.threads, args.raw)
-        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result["peak_rss_mb"] = peak_rss_mb()
         print(json.dumps(result))
         return
     from litefocus_export.build import BuildSettings, build_engines
