@@ -61,10 +61,10 @@ def attention_options(func):  # noqa: ANN001, ANN201
     return func
 
 
-def litefocus_config(sparse_ratio: float, levels: str, seed: int = 0):  # noqa: ANN201
+def litefocus_config(sparse_ratio: float, levels: str):  # noqa: ANN201
     from .attention.config import LiteFocusConfig
 
-    return LiteFocusConfig(sparse_ratio=sparse_ratio, levels=parse_levels(levels), seed=seed)
+    return LiteFocusConfig(sparse_ratio=sparse_ratio, levels=parse_levels(levels))
 
 
 def request_options(func):  # noqa: ANN001, ANN201
@@ -98,6 +98,11 @@ def generate(backend, model, engines, attention, sparse_ratio, levels, prompt, s
     from .request import GenerationRequest
 
     backend = backend or ("engines" if engines else "torch")
+    torch_only = {"--model": model != DEFAULT_MODEL, "--attention": attention != "litefocus",
+                  "--sparse-ratio": sparse_ratio != 0.1, "--levels": levels != "8"}
+    if backend == "engines" and any(torch_only.values()):
+        given = ", ".join(name for name, on in torch_only.items() if on)
+        raise UsageError(f"{given}: fixed when the engines were built; give them to 'build', not 'generate --engines'")
     request = GenerationRequest(prompt=prompt, seconds=seconds, steps=steps, seed=seed, guidance=guidance,
                                 negative_prompt=negative_prompt, scheduler=scheduler)
     if backend == "torch":
@@ -105,7 +110,7 @@ def generate(backend, model, engines, attention, sparse_ratio, levels, prompt, s
         from .pytorch import generate_torch, pipeline_geometry
 
         pipe = load_pipeline(model)
-        config = litefocus_config(sparse_ratio, levels, seed)
+        config = litefocus_config(sparse_ratio, levels)
         waveform = generate_torch(pipe, request, attention=attention, config=config)
         sample_rate = pipeline_geometry(pipe).sample_rate
     else:

@@ -50,8 +50,6 @@ class AudioGeometry:
         """Waveform length the pipelines trim their output to."""
         return int(check_seconds(seconds) * self.sample_rate)
 
-    def seconds_of_latent(self, latent_frames: int) -> float:
-        return latent_frames * self.vae_scale * self.hop_seconds
 
 
 DEFAULT_GEOMETRY = AudioGeometry()

@@ -46,14 +46,13 @@ def tiny_build(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
     Returns ``(engine folder, export folder, settings)``; the export cache lives in a session temp folder.
     """
-    import os
-
     from litefocus_export.build import BuildSettings, build_engines, cached_export
     from litefocus_export.export import ExportSettings
     from litefocus_export.profiles import DurationProfile
 
     root = tmp_path_factory.mktemp("build")
-    os.environ["LITEFOCUS_CACHE"] = str(root / "cache")
-    settings = BuildSettings(profile=DurationProfile.for_seconds(80), export=ExportSettings(verify=True))
-    engines = build_engines(settings, root / "engines")
-    return engines, cached_export(settings), settings
+    with pytest.MonkeyPatch.context() as env:  # the export cache of this session, restored at its end
+        env.setenv("LITEFOCUS_CACHE", str(root / "cache"))
+        settings = BuildSettings(profile=DurationProfile.for_seconds(80), export=ExportSettings(verify=True))
+        engines = build_engines(settings, root / "engines")
+        yield engines, cached_export(settings), settings

@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import UsageError
-from ..sampling import draw_sample_index, make_rng
+from ..sampling import draw_sample_index, seeded_streams
 
 
 class SampleSource(Protocol):
@@ -26,10 +26,8 @@ class RandomSamples:
 
     def __init__(self, sparse_ratio: float, seed: int | None = 0, generator: np.random.Generator | None = None):
         self.sparse_ratio = sparse_ratio
-        self.rng = generator if generator is not None else make_rng(seed)
-
-    def reseed(self, seed: int | None) -> None:
-        self.rng = make_rng(seed)
+        # the samples stream of seeded_streams(seed): the one the engine runtime draws from
+        self.rng = generator if generator is not None else seeded_streams(seed)[1]
 
     def __call__(self, layer: str, n_tokens: int) -> np.ndarray:
         return draw_sample_index(self.rng, n_tokens, self.sparse_ratio)
@@ -50,15 +48,3 @@ class QueuedSamples:
             raise UsageError(f"queued sample for {layer} is out of range for {n_tokens} tokens")
         return index
 
-
-class RecordingSamples:
-    """Wraps a source and keeps every sample it hands out, per layer, in order."""
-
-    def __init__(self, source: SampleSource):
-        self.source = source
-        self.record: dict[str, list[np.ndarray]] = {}
-
-    def __call__(self, layer: str, n_tokens: int) -> np.ndarray:
-        index = np.asarray(self.source(layer, n_tokens), dtype=np.int64)
-        self.record.setdefault(layer, []).append(index)
-        return index

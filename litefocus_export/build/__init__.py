@@ -62,6 +62,7 @@ def cached_export(settings: BuildSettings) -> Path:
 
 def engine_key(settings: BuildSettings, export_manifest: dict[str, Any], backend: dict[str, Any]) -> str:
     return cache_key({"files": {k: v["sha256"] for k, v in export_manifest["files"].items()},
+                      "litefocus": export_manifest.get("litefocus"), "stages": sorted(export_manifest["stages"]),
                       "profile": settings.profile.to_dict(), "precision": settings.export.precision,
                       "backend": backend})
 

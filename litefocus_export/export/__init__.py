@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,7 +27,8 @@ STAGES = {
     "musicldm": ("unet", "text_encoder", "vae_decoder", "vocoder"),
 }
 ALL_STAGES = tuple(dict.fromkeys(s for stages in STAGES.values() for s in stages))
-# fp16: ops whose range or accumulation needs fp32 stay fp32 (DESIGN.md: keep LayerNorm/softmax-sensitive parts)
+# fp16: ops whose range or accumulation needs fp32 stay fp32 (norms, softmax, exp/log and the attention op,
+# whose body holds a softmax; a fused runtime kernel can still run it in fp16 with fp32 accumulation)
 FP16_KEEP_FP32 = ["Softmax", "LayerNormalization", "GroupNormalization", "InstanceNormalization", "ReduceMean",
                   "Pow", "Sqrt", "Exp", "Log", "DualSparseAttention", "Resize", "Range"]
 
@@ -43,7 +44,6 @@ class ExportSettings:
     precision: Literal["fp32", "fp16"] = "fp32"
     stages: tuple[str, ...] | None = None
     verify: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from ..attention.onnx_function import MIN_OPSET

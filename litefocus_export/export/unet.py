@@ -70,8 +70,13 @@ def conditioning_examples(pipe: Any, batch: int) -> tuple[dict[str, torch.Tensor
     return {"class_labels": torch.randn(batch, dim, generator=gen)}, {"class_labels": {0: "batch"}}
 
 
-def unet_signature(pipe: Any, frames: int = EXAMPLE_FRAMES, batch: int = EXAMPLE_BATCH) -> UNetSignature:
-    """Example inputs for export: latents, timestep, conditioning, one index input per patched level."""
+def unet_signature(pipe: Any, frames: int = EXAMPLE_FRAMES, batch: int = EXAMPLE_BATCH,
+                   min_samples: int = 2) -> UNetSignature:
+    """Example inputs for export: latents, timestep, conditioning, one index input per patched level.
+
+    ``min_samples``: at least this many samples per layer. Tracing needs 2 (torch.export specialises
+    size-0/1 dims and the samples axis must stay dynamic); verification uses the real count, 0 included.
+    """
     unet = pipe.unet
     bins = latent_freq_bins(pipe)
     inputs = {
@@ -91,7 +96,7 @@ def unet_signature(pipe: Any, frames: int = EXAMPLE_FRAMES, batch: int = EXAMPLE
     for width, names in signature.levels.items():
         level = next(layer.level for layer in state.layers if layer.freq_bins == width)
         n_tokens = downsampled_length(frames, level) * width
-        m = max(num_samples(n_tokens, state.config.sparse_ratio), 1)
+        m = max(num_samples(n_tokens, state.config.sparse_ratio), min_samples)
         name = index_input_name(width)
         inputs[name] = torch.stack([torch.randperm(n_tokens)[:m] for _ in names])
         dynamic[name] = {1: f"samples_{width}"}

@@ -31,7 +31,7 @@ def verify_unet(pipe: Any, path: Path, settings: Any, frames: int) -> tuple[floa
     litefocus = settings.attention == "litefocus"
     config = settings.litefocus_config()
     with patched(pipe, config) if litefocus else contextlib.nullcontext():
-        signature = unet_signature(pipe, frames=frames)
+        signature = unet_signature(pipe, frames=frames, min_samples=0)
     feeds = {name: t.numpy() for name, t in signature.inputs.items()}
     torch_inputs = {k: v for k, v in signature.inputs.items() if not k.startswith("litefocus_index_")}
     sample, timestep = torch_inputs.pop("sample"), torch_inputs.pop("timestep")

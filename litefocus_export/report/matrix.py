@@ -159,7 +159,6 @@ def build_one(settings: ReportSettings, backend: str, attention: str) -> Path:
     from ..build.cache import cache_root
     from ..errors import BuildError
     from ..export import ExportSettings
-    from ..manifest import read_manifest
     from ..profiles import DurationProfile
 
     if backend == "tensorrt" and importlib.util.find_spec("tensorrt") is None:
@@ -172,10 +171,6 @@ def build_one(settings: ReportSettings, backend: str, attention: str) -> Path:
     log.info("building %s engines (%s attention) ...", backend, attention)
     folder = build_engines(build, settings.engines_dir or cache_root() / "report-engines")
     log.info("engines ready in %.1f s: %s", time.perf_counter() - start, folder)
-    stages = read_manifest(folder, verify_hashes=False)
-    if settings.stages == "all" and set(stages["stages"]) == {"unet"}:
-        raise BuildError(f"the cached export {stages['export']['folder']} holds only the unet stage (a UNet-only "
-                         f"export shares its cache key); delete it to export every stage")
     return folder
 
 

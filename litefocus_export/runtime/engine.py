@@ -82,6 +82,7 @@ class OrtStage:
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
+        self.name = path.name
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT's own exception types
@@ -90,5 +91,8 @@ class OrtStage:
         self.outputs = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = self.session.run(None, {k: v for k, v in feeds.items() if k in self.inputs})
+        try:
+            results = self.session.run(None, {k: v for k, v in feeds.items() if k in self.inputs})
+        except Exception as exc:  # noqa: BLE001 - ORT's own exception types (shapes, memory)
+            raise EngineError(f"running {self.name} failed: {str(exc).splitlines()[0]}") from None
         return dict(zip(self.outputs, results))

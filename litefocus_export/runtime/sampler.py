@@ -18,6 +18,7 @@ import numpy as np
 from ..geometry import downsampled_length
 from ..sampling import draw_sample_index, initial_noise, seeded_streams
 from .conditioning import DEFAULT_GUIDANCE
+from .decode import trim_waveform
 from .engine import EngineFolder
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ class Sampler:
         waveform = self.decoder.decode(latents)[0]
         timings.decode = time.perf_counter() - t0
         timings.total = time.perf_counter() - start
-        return waveform[: geometry.num_samples(request.seconds)].astype(np.float32)
+        return trim_waveform(waveform, geometry.num_samples(request.seconds)).astype(np.float32)
 
     def denoise(self, latents: np.ndarray, cond: dict[str, np.ndarray], guidance: float, request: Any,
                 samples_rng: np.random.Generator) -> np.ndarray:

@@ -48,3 +48,16 @@ def test_tensorrt_without_tensorrt_is_one_line(tmp_path):
 def test_bad_profiles(tmp_path, args, message):
     result = CliRunner().invoke(main, ["build", "--out", str(tmp_path), *args])
     assert result.exit_code == 2 and message in result.output
+
+
+def test_engine_key_covers_litefocus_settings_and_stages(tiny_build):
+    from litefocus_export.build import engine_key
+
+    _, export_dir, settings = tiny_build
+    manifest = read_manifest(export_dir)
+    backend = {"name": "onnxruntime"}
+    key = engine_key(settings, manifest, backend)
+    assert key == engine_key(settings, manifest, backend)
+    other_ratio = {**manifest, "litefocus": {**manifest["litefocus"], "sparse_ratio": 0.2}}
+    unet_only = {**manifest, "stages": {"unet": manifest["stages"]["unet"]}}
+    assert len({key, engine_key(settings, other_ratio, backend), engine_key(settings, unet_only, backend)}) == 3

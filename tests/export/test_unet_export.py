@@ -121,3 +121,14 @@ def test_fp16_export_keeps_sensitive_ops_fp32_and_stays_close(tmp_path):
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # fp32 interface
     for name, result in manifest["verification"].items():
         assert result["max_rel"] <= 1e-2, (name, result)
+
+
+def test_zero_sparse_ratio_runs_with_an_empty_sample(tmp_path):
+    # M = 0 (pure same-frequency) must stay a dynamic axis of the index input, not a traced constant
+    manifest = export_pipeline("random:audioldm2-tiny", tmp_path / "m0",
+                               ExportSettings(sparse_ratio=0.0, stages=("unet",), verify=True))
+    session = ort.InferenceSession(str(tmp_path / "m0" / "unet.onnx"), providers=["CPUExecutionProvider"])
+    index = next(i for i in session.get_inputs() if i.name == "litefocus_index_8")
+    assert index.shape == [20, "samples_8"]
+    for name, result in manifest["verification"].items():
+        assert result["max_rel"] <= 1e-4, (name, result)
