@@ -188,28 +188,8 @@ _DOWN = ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAt
 _UP = ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]
 
 
-def _unet_audioldm2(
-    channels: list[int], heads: int, groups: int, gpt2_dim: int, t5_dim: int
-) -> dict[str, Any]:
-    # Three transformers per layer: self-only (None), GPT2 context, Flan-T5 context.
-    return {
-        "sample_size": 256,
-        "in_channels": 8,
-        "out_channels": 8,
-        "down_block_types": _DOWN,
-        "up_block_types": _UP,
-        "block_out_channels": channels,
-        "layers_per_block": 2,
-        "norm_num_groups": groups,
-        "attention_head_dim": heads,  # diffusers' historic name: this is the number of heads
-        "cross_attention_dim": [[None, gpt2_dim, t5_dim]] * len(channels),
-    }
-
-
-def _unet_ldm(
-    channels: list[int], heads: int, groups: int, clap_dim: int, sample_size: int
-) -> dict[str, Any]:
-    # AudioLDM / MusicLDM: no text context; the CLAP embedding enters as a FiLM-style class embedding.
+def _unet_common(channels: list[int], heads: int, groups: int, sample_size: int) -> dict[str, Any]:
+    """What the AudioLDM-family UNets share: 8 latent channels, 4 levels, 2 layers per block."""
     return {
         "sample_size": sample_size,
         "in_channels": 8,
@@ -219,7 +199,26 @@ def _unet_ldm(
         "block_out_channels": channels,
         "layers_per_block": 2,
         "norm_num_groups": groups,
-        "attention_head_dim": heads,
+        "attention_head_dim": heads,  # diffusers' historic name: this is the number of heads
+    }
+
+
+def _unet_audioldm2(
+    channels: list[int], heads: int, groups: int, gpt2_dim: int, t5_dim: int
+) -> dict[str, Any]:
+    # Three transformers per layer: self-only (None), GPT2 context, Flan-T5 context.
+    return {
+        **_unet_common(channels, heads, groups, sample_size=256),
+        "cross_attention_dim": [[None, gpt2_dim, t5_dim]] * len(channels),
+    }
+
+
+def _unet_ldm(
+    channels: list[int], heads: int, groups: int, clap_dim: int, sample_size: int
+) -> dict[str, Any]:
+    # AudioLDM / MusicLDM: no text context; the CLAP embedding enters as a FiLM-style class embedding.
+    return {
+        **_unet_common(channels, heads, groups, sample_size),
         "cross_attention_dim": channels,
         "class_embed_type": "simple_projection",
         "projection_class_embeddings_input_dim": clap_dim,
