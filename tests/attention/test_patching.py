@@ -109,3 +109,18 @@ def test_config_rejects_bad_settings():
         LiteFocusConfig(same_frequency=False, cross_frequency=False)
     with pytest.raises(UsageError, match="sparse_ratio"):
         LiteFocusConfig(sparse_ratio=1.5)
+
+
+@pytest.mark.parametrize("attention", ["litefocus", "full"])
+def test_generate_with_torch_writes_a_wav_of_the_right_length(tmp_path, attention):
+    import soundfile
+    from click.testing import CliRunner
+
+    from litefocus_export.cli import main
+
+    out = tmp_path / "dog.wav"
+    result = CliRunner().invoke(main, ["generate", "--backend", "torch", "--prompt", "a dog barking", "--seconds",
+                                       "1.5", "--steps", "2", "--attention", attention, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    audio, rate = soundfile.read(out, dtype="float32")
+    assert rate == 16000 and audio.shape == (24000,) and np.isfinite(audio).all()
