@@ -21,3 +21,9 @@ class BuildError(LiteFocusError):
 
 class EngineError(LiteFocusError):
     """An engine folder is missing, corrupt, from a newer format or does not cover a request."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an exception's message (its type name when the message is empty)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__

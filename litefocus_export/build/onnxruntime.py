@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import BuildError
+from ..errors import BuildError, first_line
 
 log = logging.getLogger(__name__)
 SAVED_LEVEL = "ORT_ENABLE_EXTENDED"  # part of the engine key: a change rebuilds
@@ -64,7 +64,7 @@ class OrtEngineFromOnnx:
         try:
             ort.InferenceSession(str(self.onnx_path), session_options(self.out_path), providers=self.providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
-            raise BuildError(f"ONNX Runtime could not build {self.onnx_path.name}: {str(exc).splitlines()[0]}") from exc
+            raise BuildError(f"ONNX Runtime could not build {self.onnx_path.name}: {first_line(exc)}") from exc
         log.info("built %s in %.1f s", self.out_path.name, time.perf_counter() - start)
         return self.out_path
 

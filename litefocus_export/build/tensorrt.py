@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import BuildError, UsageError
+from ..errors import BuildError, UsageError, first_line
 from ..geometry import VAE_SCALE, downsampled_length, level_width
 from ..runtime.tensorrt_runner import ATTENTION_IMPLS, cuda_devices
 from ..runtime.tensorrt_runner import require_tensorrt as _require_tensorrt
@@ -328,7 +328,7 @@ class TrtEngineFromOnnx:
         except (BuildError, UsageError):
             raise
         except Exception as exc:  # noqa: BLE001 - TensorRT and polygraphy raise many types
-            raise BuildError(f"TensorRT could not build {self.onnx_path.name}: {_first_line(exc)}") from exc
+            raise BuildError(f"TensorRT could not build {self.onnx_path.name}: {first_line(exc)}") from exc
         self._write(plan)
         log.info("built %s in %.1f s", self.out_path.name, time.perf_counter() - start)
         return self.out_path
@@ -370,7 +370,3 @@ def _namespace(node: Any) -> str | None:
             return attribute.s.decode()
     return None
 
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__

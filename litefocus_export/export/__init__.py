@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import ExportError, UsageError
+from ..errors import ExportError, UsageError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -179,5 +179,5 @@ def _export_into(pipe: Any, folder: Path, stages: list[str], settings: ExportSet
         except (UsageError, ExportError):
             raise
         except Exception as exc:  # noqa: BLE001 - exporter failures come in many types
-            raise ExportError(f"exporting {', '.join(others)} failed: {str(exc).splitlines()[0]}") from exc
+            raise ExportError(f"exporting {', '.join(others)} failed: {first_line(exc)}") from exc
     return descriptions

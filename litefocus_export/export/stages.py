@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 import torch
 
-from ..errors import ExportError, UsageError
+from ..errors import ExportError, UsageError, first_line
 from ..models import pipeline_kind
 from ..runtime.conditioning import MAX_NEW_TOKENS_KEY
 from .stage_modules import Exporter, StageSpec, stage_names, stage_spec
@@ -126,7 +126,7 @@ def export_stage(pipe: Any, kind: str, name: str, out_dir: Path, *, opset: int =
                 model = _to_onnx(module, examples, spec, exporter, opset)
                 break
             except Exception as exc:  # noqa: BLE001 - both exporters raise many types
-                errors.append(f"{exporter}: {_first_line(exc)}")
+                errors.append(f"{exporter}: {first_line(exc)}")
                 log.warning("%s export of %s failed, %s", exporter, name, errors[-1])
         else:
             raise ExportError(f"export of stage {name} failed ({'; '.join(errors)})")
@@ -152,10 +152,6 @@ def export_stage(pipe: Any, kind: str, name: str, out_dir: Path, *, opset: int =
 def _other(exporter: Exporter) -> Exporter:
     return "dynamo" if exporter == "torchscript" else "torchscript"
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @contextlib.contextmanager
@@ -300,7 +296,7 @@ def save_model(model: onnx.ModelProto, path: Path, *, external: bool = False) ->
             onnx.save(model, path)
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:  # noqa: BLE001 - onnx raises ValidationError, InferenceError, OSError ...
-        raise ExportError(f"{path.name} failed onnx.checker: {_first_line(exc)}") from exc
+        raise ExportError(f"{path.name} failed onnx.checker: {first_line(exc)}") from exc
     return [path.name, data.name] if external else [path.name]
 
 
@@ -331,7 +327,7 @@ def verify_stages(pipe: Any, out_dir: Path, descriptions: dict[str, dict]) -> di
             )
             actual = session.run(None, {k: v.cpu().numpy() for k, v in inputs.items()})
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise ExportError(f"stage {name} does not run in ONNX Runtime: {_first_line(exc)}") from exc
+            raise ExportError(f"stage {name} does not run in ONNX Runtime: {first_line(exc)}") from exc
         results[name] = _errors(actual, [t.float().cpu().numpy() for t in expected], name)
         log.info("verified %s: max abs %.3g, rel %.3g", name, *results[name])
     return results

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..attention.config import LiteFocusConfig
 from ..attention.onnx_function import DOMAIN, OP_TYPE, attach_function, register_schema, translate_op
 from ..attention.patching import latent_freq_bins, litefocus_state, patch, unpatch
-from ..errors import ExportError
+from ..errors import ExportError, first_line
 from ..geometry import downsampled_length
 from ..models import pipeline_kind
 from ..sampling import num_samples
@@ -215,7 +215,7 @@ def _trace_to_onnx(module: torch.nn.Module, signature: UNetSignature, opset: int
             program = torch.export.export(module.eval(), args, dynamic_shapes=(dynamic_shapes,), strict=False,
                                           prefer_deferred_runtime_asserts_over_guards=True)
         except Exception as exc:  # noqa: BLE001 - torch.export raises many types
-            raise ExportError(f"torch.export of the UNet failed: {str(exc).splitlines()[0]}") from exc
+            raise ExportError(f"torch.export of the UNet failed: {first_line(exc)}") from exc
     log.info("traced in %.1f s; translating to ONNX opset %d ...", time.perf_counter() - start, opset)
     start = time.perf_counter()
     onnx_program = torch.onnx.export(

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import EngineError
+from ..errors import EngineError, first_line
 from ..geometry import AudioGeometry
 from ..manifest import read_manifest
 from ..profiles import DurationProfile, require_covered
@@ -86,7 +86,7 @@ class OrtStage:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT's own exception types
-            raise EngineError(f"cannot load {path.name}: {str(exc).splitlines()[0]}") from None
+            raise EngineError(f"cannot load {path.name}: {first_line(exc)}") from None
         self.inputs = {i.name for i in self.session.get_inputs()}
         self.outputs = [o.name for o in self.session.get_outputs()]
 
@@ -94,5 +94,5 @@ class OrtStage:
         try:
             results = self.session.run(None, {k: v for k, v in feeds.items() if k in self.inputs})
         except Exception as exc:  # noqa: BLE001 - ORT's own exception types (shapes, memory)
-            raise EngineError(f"running {self.name} failed: {str(exc).splitlines()[0]}") from None
+            raise EngineError(f"running {self.name} failed: {first_line(exc)}") from None
         return dict(zip(self.outputs, results))

@@ -10,13 +10,12 @@ from __future__ import annotations
 import ctypes
 import importlib
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import EngineError, LiteFocusError, UsageError
+from ..errors import EngineError, LiteFocusError, UsageError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +25,6 @@ MIN_NATIVE_VERSION = (10, 0)
 _INSTALL = "pip install 'litefocus-export[gpu]'"
 # cuDeviceGetAttribute: CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR / _MINOR
 _CC_MAJOR, _CC_MINOR = 75, 76
-
-
-def _version_tuple(version: str) -> tuple[int, ...]:
-    match = re.match(r"\d+(\.\d+)*", version)
-    return tuple(int(part) for part in match.group(0).split(".")) if match else ()
 
 
 def _plugin_module() -> Any:
@@ -83,9 +77,9 @@ def require_tensorrt(attention_impl: str = "native", *, error: type[LiteFocusErr
     except ImportError:
         raise error(f"{needs}: tensorrt is not installed here ({_INSTALL})") from None
     except Exception as exc:  # noqa: BLE001 - a broken install fails in many ways (missing libnvinfer, ...)
-        raise error(f"{needs}: tensorrt is installed but does not load: {str(exc).splitlines()[0]}") from None
+        raise error(f"{needs}: tensorrt is installed but does not load: {first_line(exc)}") from None
     version = getattr(trt, "__version__", "0")
-    if _version_tuple(version) < tuple(minimum):
+    if _plugin_module().version_tuple(version) < tuple(minimum):
         impl = " for --attention-impl plugin" if attention_impl == "plugin" else ""
         wanted = ".".join(map(str, minimum))
         raise error(f"{needs}{impl}: found TensorRT {version} (pip install -U 'tensorrt>={wanted}')")
