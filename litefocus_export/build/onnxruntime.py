@@ -1,8 +1,10 @@
 """ONNX Runtime engines: each stage saved as an offline-optimised graph plus its session settings.
 
-The saved graph has ORT's portable graph optimisations applied once at build time (the custom op's
-function body inlined, constants folded, ops fused); the runtime session adds the hardware-specific
-ones at load. The engine key records the CPU features anyway.
+Every DualSparseAttention node is first rewritten into its contrib MultiHeadAttention form
+(attention/onnx_mha.py: a flash-style kernel instead of the portable body's materialised scores).
+The saved graph then has ORT's portable graph optimisations applied once at build time (constants
+folded, ops fused); the runtime session adds the hardware-specific ones at load. The engine key
+records the CPU features anyway.
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..attention.onnx_mha import FORM
 from ..errors import BuildError, first_line
 
 log = logging.getLogger(__name__)
 SAVED_LEVEL = "ORT_ENABLE_EXTENDED"  # part of the engine key: a change rebuilds
+# weights of a rewritten model go to one side file; protobuf cannot serialise a model over 2 GB
+WEIGHTS_INLINE_LIMIT = 1 << 30
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 
 
@@ -61,12 +66,38 @@ class OrtEngineFromOnnx:
         import onnxruntime as ort
 
         start = time.perf_counter()
+        source = lowered_model(self.onnx_path, self.out_path.parent)
         try:
-            ort.InferenceSession(str(self.onnx_path), session_options(self.out_path), providers=self.providers)
+            ort.InferenceSession(str(source or self.onnx_path), session_options(self.out_path),
+                                 providers=self.providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             raise BuildError(f"ONNX Runtime could not build {self.onnx_path.name}: {first_line(exc)}") from exc
+        finally:
+            if source is not None:
+                for path in (source, source.with_name(source.name + ".data")):
+                    path.unlink(missing_ok=True)
         log.info("built %s in %.1f s", self.out_path.name, time.perf_counter() - start)
         return self.out_path
+
+
+def lowered_model(onnx_path: Path, work_dir: Path) -> Path | None:
+    """``onnx_path`` with its DualSparseAttention nodes in MultiHeadAttention form, written to a file
+    in ``work_dir``; None when the model has no such node (it is built as it is)."""
+    import onnx
+
+    from ..attention.onnx_function import DOMAIN
+
+    if not any(entry.domain == DOMAIN for entry in onnx.load(str(onnx_path), load_external_data=False).opset_import):
+        return None
+    from ..attention.onnx_mha import lower_to_multihead_attention
+
+    model = onnx.load(str(onnx_path))
+    count = lower_to_multihead_attention(model)
+    log.info("%s: %d DualSparseAttention nodes -> MultiHeadAttention", onnx_path.name, count)
+    path = work_dir / f".lowered-{onnx_path.name}"
+    onnx.save(model, str(path), save_as_external_data=model.ByteSize() > WEIGHTS_INLINE_LIMIT,
+              all_tensors_to_one_file=True, location=path.name + ".data", size_threshold=1024)
+    return path
 
 
 def backend_info(providers: list[str]) -> dict[str, Any]:
@@ -76,7 +107,7 @@ def backend_info(providers: list[str]) -> dict[str, Any]:
 
     info = {"name": "onnxruntime", "version": ort.__version__, "providers": providers,
             "device": device_of(providers), "architecture": cpu_architecture(),
-            "saved_graph_optimization": SAVED_LEVEL}
+            "saved_graph_optimization": SAVED_LEVEL, "litefocus_attention": FORM}
     if info["device"] == "cuda":
         info["architecture"] = _cuda_architecture() or info["architecture"]
     return info

@@ -61,3 +61,20 @@ def test_engine_key_covers_litefocus_settings_and_stages(tiny_build):
     other_ratio = {**manifest, "litefocus": {**manifest["litefocus"], "sparse_ratio": 0.2}}
     unet_only = {**manifest, "stages": {"unet": manifest["stages"]["unet"]}}
     assert len({key, engine_key(settings, other_ratio, backend), engine_key(settings, unet_only, backend)}) == 3
+
+
+def test_onnxruntime_engine_runs_the_op_as_multihead_attention(tiny_build):
+    """The engine's UNet carries one MultiHeadAttention per patched layer, no contract node, no side files."""
+    import onnx
+
+    engines, export_dir, _ = tiny_build
+    manifest = read_manifest(engines)
+    graph = onnx.load(str(engines / "unet.onnx"), load_external_data=False).graph
+    ops = [(n.domain, n.op_type) for n in graph.node]
+    layers = len(manifest["stages"]["unet"]["litefocus_layers"])
+    assert layers > 0 and ops.count(("com.microsoft", "MultiHeadAttention")) >= layers
+    assert ("ai.litefocus", "DualSparseAttention") not in ops
+    assert manifest["backend"]["litefocus_attention"] == "com.microsoft.MultiHeadAttention"
+    assert not [p.name for p in engines.iterdir() if p.name.startswith(".lowered-")]
+    export_ops = [n.op_type for n in onnx.load(str(export_dir / "unet.onnx"), load_external_data=False).graph.node]
+    assert export_ops.count("DualSparseAttention") == layers  # the export keeps the contract

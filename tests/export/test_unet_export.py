@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from onnx import helper
 
 from litefocus_export.attention.onnx_function import DOMAIN, OP_TYPE, attach_function, make_node
+from litefocus_export.attention.onnx_mha import lower_to_multihead_attention
 from litefocus_export.attention.reference import dual_sparse_attention_reference
 from litefocus_export.cli import main
 from litefocus_export.export import ExportSettings, export_pipeline
@@ -72,14 +73,18 @@ def test_full_attention_exports_the_stock_unet(tmp_path):
     assert manifest["verification"]["unet@21"]["max_rel"] <= 1e-4
 
 
+@pytest.mark.parametrize("form", ["function body", "MultiHeadAttention"])
 @pytest.mark.parametrize("same,cross", [(1, 1), (1, 0), (0, 1)])
-def test_function_body_alone_matches_reference(same, cross):
+def test_onnx_forms_of_the_op_match_reference(same, cross, form):
+    """The portable body (what exports carry) and the contrib MultiHeadAttention form (what ORT engines run)."""
     node = make_node(["q", "k", "v", "idx"], "out", freq_bins=3, scale=0.25, same_frequency=same, cross_frequency=cross)
     value = lambda n, t: helper.make_tensor_value_info(n, t, ["B", "H", "N", "D"])  # noqa: E731
     graph = helper.make_graph([node], "g", [value("q", 1), value("k", 1), value("v", 1),
                                             helper.make_tensor_value_info("idx", 7, ["M"])], [value("out", 1)])
     model = attach_function(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
     onnx.checker.check_model(model, full_check=True)
+    if form == "MultiHeadAttention":
+        assert lower_to_multihead_attention(model) == 1 and not custom_nodes(model)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     gen = torch.Generator().manual_seed(3)
     q, k, v = (torch.randn(2, 2, 21, 5, generator=gen) for _ in range(3))
