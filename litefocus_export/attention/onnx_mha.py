@@ -26,13 +26,13 @@ def _attribute(node: onnx.NodeProto, name: str, default: int | float) -> int | f
     return default
 
 
-class _Writer:
+class NodeWriter:
     """Appends nodes whose outputs are named ``<prefix>/<tag>``."""
 
     def __init__(self, prefix: str):
         self.prefix, self.nodes = prefix, []
 
-    def __call__(self, op_type: str, inputs: list[str], tag: str, domain: str = "", **attrs) -> str:
+    def __call__(self, op_type: str, inputs: list[str], tag: str, domain: str = "", **attrs: object) -> str:
         out = f"{self.prefix}/{tag}"
         self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, domain=domain, **attrs))
         return out
@@ -42,7 +42,7 @@ class _Writer:
                                                                   [len(values)], values))
 
     def fold(self, x: str, tag: str) -> str:
-        """(..., S, D) -> (batch * ..., S, D)."""
+        """(..., S, D) -> (batch * ..., S, D): every leading axis into MultiHeadAttention's batch."""
         return self("Reshape", [x, self("Concat", [self.ints(f"{tag}_lead", [-1]),
                                                    self("Shape", [x], f"{tag}_sd", start=-2)], f"{tag}_shape",
                                                   axis=0)], tag)
@@ -54,7 +54,7 @@ def multihead_attention_nodes(node: onnx.NodeProto) -> list[onnx.NodeProto]:
     freq_bins = int(_attribute(node, "freq_bins", 0))
     same = bool(_attribute(node, "same_frequency", 1))
     cross = bool(_attribute(node, "cross_frequency", 1))
-    w = _Writer(node.name or node.output[0])
+    w = NodeWriter(node.name or node.output[0])
     scale = float(_attribute(node, "scale", 0.0))
 
     if not same:

@@ -1,7 +1,7 @@
 """ONNX Runtime engines: each stage saved as an offline-optimised graph plus its session settings.
 
-Every DualSparseAttention node is first rewritten into its contrib MultiHeadAttention form
-(attention/onnx_mha.py: a flash-style kernel instead of the portable body's materialised scores).
+Each stage is first rewritten for ORT (build/ort_rewrites.py: DualSparseAttention and the full
+attention layers as contrib MultiHeadAttention, flash-style kernels instead of materialised scores).
 The saved graph then has ORT's portable graph optimisations applied once at build time (constants
 folded, ops fused); the runtime session adds the hardware-specific ones at load. The engine key
 records the CPU features anyway.
@@ -16,6 +16,7 @@ from typing import Any
 
 from ..attention.onnx_mha import FORM
 from ..errors import BuildError, first_line
+from .ort_rewrites import REWRITES
 
 log = logging.getLogger(__name__)
 SAVED_LEVEL = "ORT_ENABLE_EXTENDED"  # part of the engine key: a change rebuilds
@@ -66,7 +67,7 @@ class OrtEngineFromOnnx:
         import onnxruntime as ort
 
         start = time.perf_counter()
-        source = lowered_model(self.onnx_path, self.out_path.parent)
+        source = rewritten_model(self.onnx_path, self.out_path.parent)
         try:
             ort.InferenceSession(str(source or self.onnx_path), session_options(self.out_path),
                                  providers=self.providers)
@@ -80,21 +81,20 @@ class OrtEngineFromOnnx:
         return self.out_path
 
 
-def lowered_model(onnx_path: Path, work_dir: Path) -> Path | None:
-    """``onnx_path`` with its DualSparseAttention nodes in MultiHeadAttention form, written to a file
-    in ``work_dir``; None when the model has no such node (it is built as it is)."""
+def rewritten_model(onnx_path: Path, work_dir: Path) -> Path | None:
+    """``onnx_path`` after the engine rewrites (build/ort_rewrites.py), written to a file in ``work_dir``;
+    None when no rewrite applies (the model is built as it is)."""
     import onnx
 
-    from ..attention.onnx_function import DOMAIN
-
-    if not any(entry.domain == DOMAIN for entry in onnx.load(str(onnx_path), load_external_data=False).opset_import):
-        return None
-    from ..attention.onnx_mha import lower_to_multihead_attention
+    from .ort_rewrites import rewrite_for_onnxruntime
 
     model = onnx.load(str(onnx_path))
-    count = lower_to_multihead_attention(model)
-    log.info("%s: %d DualSparseAttention nodes -> MultiHeadAttention", onnx_path.name, count)
-    path = work_dir / f".lowered-{onnx_path.name}"
+    counts = rewrite_for_onnxruntime(model)
+    if not any(counts.values()):
+        return None
+    fired = ", ".join(f"{name} x{count}" for name, count in counts.items() if count)
+    log.info("%s rewritten for ONNX Runtime: %s", onnx_path.name, fired)
+    path = work_dir / f".rewritten-{onnx_path.name}"
     onnx.save(model, str(path), save_as_external_data=model.ByteSize() > WEIGHTS_INLINE_LIMIT,
               all_tensors_to_one_file=True, location=path.name + ".data", size_threshold=1024)
     return path
@@ -107,7 +107,7 @@ def backend_info(providers: list[str]) -> dict[str, Any]:
 
     info = {"name": "onnxruntime", "version": ort.__version__, "providers": providers,
             "device": device_of(providers), "architecture": cpu_architecture(),
-            "saved_graph_optimization": SAVED_LEVEL, "litefocus_attention": FORM}
+            "saved_graph_optimization": SAVED_LEVEL, "litefocus_attention": FORM, "graph_rewrites": list(REWRITES)}
     if info["device"] == "cuda":
         info["architecture"] = _cuda_architecture() or info["architecture"]
     return info
