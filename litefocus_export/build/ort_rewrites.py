@@ -15,6 +15,7 @@ users) is left as it is.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import onnx
@@ -54,8 +55,10 @@ class _Graph:
         self.producer = {out: node for node in graph.node for out in node.output}
         self.users: dict[str, list[onnx.NodeProto]] = defaultdict(list)
         for node in graph.node:
-            for name in node.input:
+            # a value read inside a subgraph (If/Loop body) counts as read by the node holding it
+            for name in {*node.input, *_subgraph_reads(node)}:
                 self.users[name].append(node)
+        self.outputs = {v.name for v in graph.output}
         self.types = types if types is not None else {
             v.name: v.type.tensor_type for v in (*graph.value_info, *graph.input, *graph.output)}
         self.initializers = {t.name: t for t in graph.initializer}
@@ -73,7 +76,7 @@ class _Graph:
 
     def constant_value(self, name: str) -> float | None:
         """A one-element constant's value (Constant node or initializer), else None."""
-        values = self.constant_ints(name)
+        values = self.constant_values(name)
         return float(values[0]) if values is not None and len(values) == 1 else None
 
     def other_input(self, node: onnx.NodeProto, name: str) -> str | None:
@@ -82,17 +85,33 @@ class _Graph:
             return None
         return node.input[1] if node.input[0] == name else node.input[0]
 
-    def constant_ints(self, name: str) -> list[int] | None:
+    def constant_values(self, name: str, at_most: int = 16) -> list[float] | None:
+        """A small constant's values (Constant node or initializer), flattened; None for anything else."""
         node = self.producer.get(name)
         if node is not None and node.op_type == "Constant" and node.attribute[0].name == "value":
-            return numpy_helper.to_array(node.attribute[0].t).reshape(-1).tolist()
-        if name in self.initializers:
-            return numpy_helper.to_array(self.initializers[name]).reshape(-1).tolist()
-        return None
+            tensor = node.attribute[0].t
+        elif name in self.initializers:
+            tensor = self.initializers[name]
+        else:
+            return None
+        if math.prod(tensor.dims) > at_most:
+            return None
+        return numpy_helper.to_array(tensor).reshape(-1).tolist()
 
     def only_user(self, name: str) -> onnx.NodeProto | None:
+        """The one node reading ``name``, if nothing else (no other node, not a graph output) does."""
         users = self.users.get(name, [])
-        return users[0] if len(users) == 1 else None
+        return users[0] if len(users) == 1 and name not in self.outputs else None
+
+
+def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
+    names: set[str] = set()
+    for attr in node.attribute:
+        for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+            for inner in sub.node:
+                names.update(inner.input)
+                names.update(_subgraph_reads(inner))
+    return names
 
 
 def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
@@ -158,8 +177,10 @@ def split_sequences_to_slices(model: onnx.ModelProto) -> int:
     for split in model.graph.node:
         if split.op_type != "SplitToSequence" or len(split.input) != 2 or not _attr(split, "keepdims", 1):
             continue
-        size, users = g.constant_ints(split.input[1]), g.users.get(split.output[0], [])
-        positions = [g.constant_ints(u.input[1]) if u.op_type == "SequenceAt" else None for u in users]
+        size, users = g.constant_values(split.input[1]), g.users.get(split.output[0], [])
+        if split.output[0] in g.outputs:
+            continue
+        positions = [g.constant_values(u.input[1]) if u.op_type == "SequenceAt" else None for u in users]
         if size is None or len(size) != 1 or not users or any(p is None or len(p) != 1 or p[0] < 0 for p in positions):
             continue
         axis = _attr(split, "axis", 0)

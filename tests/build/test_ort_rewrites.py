@@ -66,7 +66,7 @@ def test_unmasked_attention_becomes_multihead_attention():
     assert rewritten_matches(model, fuse_softmax_attention, attention_feeds((2, 3, 6, 5), (2, 3, 5, 7))) == 1
 
 
-@pytest.mark.parametrize("case", ["masked", "broadcast keys", "rank 3", "unknown shape"])
+@pytest.mark.parametrize("case", ["masked", "broadcast keys", "rank 3", "unknown shape", "weights read outside"])
 def test_attention_look_alikes_are_left_alone(case):
     x, y, mask = ["B", 3, "S", 5], ["B", 3, 5, 7], False
     if case == "masked":
@@ -78,6 +78,8 @@ def test_attention_look_alikes_are_left_alone(case):
     else:
         x = None
     model = attention_model(x, y, mask)
+    if case == "weights read outside":
+        model.graph.output.append(helper.make_tensor_value_info("weights", F32, None))
     if case == "rank 3":
         model.graph.input[2].CopyFrom(helper.make_tensor_value_info("v", F32, ["B", 7, 5]))
         assert fuse_softmax_attention(model) == 0
