@@ -19,26 +19,16 @@ from litefocus_export.report.measure import peak_rss_mb  # VmHWM: ru_maxrss keep
 
 def time_engine(folder: str, seconds: float, threads: int, raw: bool) -> dict:
     """One UNet step on the engine folder, or (``raw``) on the un-optimised export it was built from."""
-    import numpy as np
-
     from litefocus_export.geometry import latent_frames
     from litefocus_export.runtime import EngineFolder
     from litefocus_export.runtime.engine import OrtStage
-    from litefocus_export.runtime.sampler import draw_unet_samples
+    from litefocus_export.runtime.sampler import example_unet_feeds
 
     engines = EngineFolder(folder, threads=threads)
     if raw:
         export = engines.manifest["export"]["folder"]
         engines._runners["unet"] = OrtStage(Path(export) / "unet.onnx", ["CPUExecutionProvider"], threads)
-    frames = latent_frames(seconds)
-    rng = np.random.default_rng(0)
-    feeds = {"sample": rng.standard_normal((2, 8, frames, 16), dtype=np.float32),
-             "timestep": np.full(2, 500, np.float32),
-             "encoder_hidden_states": rng.standard_normal((2, 8, 768), dtype=np.float32),
-             "encoder_hidden_states_1": rng.standard_normal((2, 64, 1024), dtype=np.float32),
-             "encoder_attention_mask_1": np.ones((2, 64), np.int64)}
-    unet = engines.stage("unet")
-    feeds.update(draw_unet_samples(rng, unet.get("litefocus_layers", []), frames, 0.1))
+    feeds = example_unet_feeds(engines.stage("unet"), latent_frames(seconds), seed=0)
     engines.run("unet", feeds)  # warm-up: session creation and first-run allocations
     start = time.perf_counter()
     engines.run("unet", feeds)

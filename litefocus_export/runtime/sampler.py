@@ -47,6 +47,23 @@ def draw_unet_samples(rng: np.random.Generator, layers: list[dict[str, Any]], fr
     return {f"litefocus_index_{width}": np.stack(r) for width, r in rows.items()}
 
 
+def example_unet_feeds(stage: dict[str, Any], frames: int, seed: int, *, batch: int = 2, timestep: float = 500.0,
+                       token_counts: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+    """Seeded random inputs for a UNet stage, shaped from its manifest entry, with LiteFocus samples:
+    for benchmarks and checks, the same arrays for every backend. Masks are all ones."""
+    rng = np.random.default_rng(seed)
+    sizes = {"batch": batch, "latent_frames": frames, "lm_tokens": 8, "text_tokens": 64, **(token_counts or {})}
+    feeds = {}
+    for name, desc in stage["inputs"].items():
+        if name.startswith("litefocus_index"):
+            continue
+        shape = [sizes[d] if isinstance(d, str) else d for d in desc["shape"]]
+        feeds[name] = (rng.standard_normal(shape, dtype=np.float32) if desc["dtype"] == "float32"
+                       else np.ones(shape, desc["dtype"]))
+    feeds["timestep"] = np.full(batch, timestep, stage["inputs"]["timestep"]["dtype"])
+    return {**feeds, **draw_unet_samples(rng, stage.get("litefocus_layers", []), frames, 0.1)}
+
+
 class Sampler:
     """Runs requests on one engine folder; stages open once and are reused across requests."""
 

@@ -138,27 +138,24 @@ def test_gelu_look_alike_is_left_alone():
     assert rewritten_matches(gelu_model(half=0.25), fuse_erf_gelu, {"x": x}) == 0
 
 
-def test_tiny_unet_engine_rewrites_fire_and_keep_its_output(tiny_build):
-    """The exported tiny UNet against its rewritten self in ORT, at an odd latent length."""
-    from litefocus_export.manifest import read_manifest
-    from litefocus_export.runtime.sampler import draw_unet_samples
+def rewritten_unet_matches(path, unet: dict, tol: float) -> dict[str, int]:
+    """ORT on the exported UNet vs ORT on its rewritten copy (odd latent length); returns the rewrite counts."""
+    from litefocus_export.runtime.sampler import example_unet_feeds
 
-    engines, export_dir, _ = tiny_build
-    model = onnx.load(str(export_dir / "unet.onnx"))
+    model = onnx.load(str(path))
     rewritten = onnx.ModelProto()
     rewritten.CopyFrom(model)
     counts = rewrite_for_onnxruntime(rewritten)
-    assert all(counts.values()), counts
-    unet = read_manifest(engines)["stages"]["unet"]
-    rng = np.random.default_rng(1)
-    frames, sizes = 27, {"batch": 2, "latent_frames": 27, "lm_tokens": 8, "text_tokens": 7}
-    feeds = {}
-    for name, desc in unet["inputs"].items():
-        if not name.startswith("litefocus_index"):
-            shape = [sizes[d] if isinstance(d, str) else d for d in desc["shape"]]
-            feeds[name] = (rng.standard_normal(shape).astype(np.float32) if desc["dtype"] == "float32"
-                           else np.ones(shape, desc["dtype"]))
-    feeds["timestep"] = np.full(2, 500, np.float32)
-    feeds.update(draw_unet_samples(rng, unet["litefocus_layers"], frames, 0.1))
+    feeds = example_unet_feeds(unet, 27, seed=1, token_counts={"text_tokens": 7})
     (want,), (got,) = run(model, feeds), run(rewritten, feeds)
-    assert np.abs(want - got).max() <= 1e-4 * np.abs(want).max()
+    assert np.abs(want - got).max() <= tol * np.abs(want).max()
+    return counts
+
+
+def test_tiny_unet_engine_rewrites_fire_and_keep_its_output(tiny_build):
+    """The exported tiny UNet against its rewritten self in ORT, at an odd latent length."""
+    from litefocus_export.manifest import read_manifest
+
+    _, export_dir, _ = tiny_build
+    counts = rewritten_unet_matches(export_dir / "unet.onnx", read_manifest(export_dir)["stages"]["unet"], 1e-4)
+    assert all(counts.values()), counts
