@@ -28,7 +28,8 @@ def time_engine(folder: str, seconds: float, threads: int, raw: bool) -> dict:
     if raw:
         export = engines.manifest["export"]["folder"]
         engines._runners["unet"] = OrtStage(Path(export) / "unet.onnx", ["CPUExecutionProvider"], threads)
-    feeds = example_unet_feeds(engines.stage("unet"), latent_frames(seconds), seed=0)
+    feeds = example_unet_feeds(engines.stage("unet"), latent_frames(seconds), seed=0,
+                               sparse_ratio=engines.manifest["litefocus"]["sparse_ratio"])
     engines.run("unet", feeds)  # warm-up: session creation and first-run allocations
     start = time.perf_counter()
     engines.run("unet", feeds)

@@ -95,7 +95,8 @@ def rewritten_model(onnx_path: Path, work_dir: Path) -> Path | None:
     fired = ", ".join(f"{name} x{count}" for name, count in counts.items() if count)
     log.info("%s rewritten for ONNX Runtime: %s", onnx_path.name, fired)
     path = work_dir / f".rewritten-{onnx_path.name}"
-    onnx.save(model, str(path), save_as_external_data=model.ByteSize() > WEIGHTS_INLINE_LIMIT,
+    weights = sum(len(t.raw_data) for t in model.graph.initializer)
+    onnx.save(model, str(path), save_as_external_data=weights > WEIGHTS_INLINE_LIMIT,
               all_tensors_to_one_file=True, location=path.name + ".data", size_threshold=1024)
     return path
 

@@ -47,8 +47,8 @@ def draw_unet_samples(rng: np.random.Generator, layers: list[dict[str, Any]], fr
     return {f"litefocus_index_{width}": np.stack(r) for width, r in rows.items()}
 
 
-def example_unet_feeds(stage: dict[str, Any], frames: int, seed: int, *, batch: int = 2, timestep: float = 500.0,
-                       token_counts: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+def example_unet_feeds(stage: dict[str, Any], frames: int, seed: int, *, sparse_ratio: float = 0.1, batch: int = 2,
+                       timestep: float = 500.0, token_counts: dict[str, int] | None = None) -> dict[str, np.ndarray]:
     """Seeded random inputs for a UNet stage, shaped from its manifest entry, with LiteFocus samples:
     for benchmarks and checks, the same arrays for every backend. Masks are all ones."""
     rng = np.random.default_rng(seed)
@@ -61,7 +61,7 @@ def example_unet_feeds(stage: dict[str, Any], frames: int, seed: int, *, batch: 
         feeds[name] = (rng.standard_normal(shape, dtype=np.float32) if desc["dtype"] == "float32"
                        else np.ones(shape, desc["dtype"]))
     feeds["timestep"] = np.full(batch, timestep, stage["inputs"]["timestep"]["dtype"])
-    return {**feeds, **draw_unet_samples(rng, stage.get("litefocus_layers", []), frames, 0.1)}
+    return {**feeds, **draw_unet_samples(rng, stage.get("litefocus_layers", []), frames, sparse_ratio)}
 
 
 class Sampler:

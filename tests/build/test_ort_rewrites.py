@@ -159,3 +159,15 @@ def test_tiny_unet_engine_rewrites_fire_and_keep_its_output(tiny_build):
     _, export_dir, _ = tiny_build
     counts = rewritten_unet_matches(export_dir / "unet.onnx", read_manifest(export_dir)["stages"]["unet"], 1e-4)
     assert all(counts.values()), counts
+
+
+def test_rewritten_model_with_weights_in_a_side_file_loads(tiny_build, tmp_path, monkeypatch):
+    """The path real-size UNets take (weights over the inline limit go to one .data file beside it)."""
+    from litefocus_export.build import onnxruntime as ort_build
+
+    _, export_dir, _ = tiny_build
+    monkeypatch.setattr(ort_build, "WEIGHTS_INLINE_LIMIT", 0)
+    path = ort_build.rewritten_model(export_dir / "unet.onnx", tmp_path)
+    assert path is not None and path.with_name(path.name + ".data").stat().st_size > 0
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert any(i.name.startswith("litefocus_index") for i in session.get_inputs())
