@@ -10,6 +10,8 @@ does not carry. Keys and values are the T same-bin tokens followed by the M samp
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import onnx
 from onnx import helper
 
@@ -27,10 +29,12 @@ def _attribute(node: onnx.NodeProto, name: str, default: int | float) -> int | f
 
 
 class NodeWriter:
-    """Appends nodes whose outputs are named ``<prefix>/<tag>``."""
+    """Appends nodes whose outputs (and node names) are ``<prefix>/<tag>``; prefix with an output name,
+    which a valid graph has only once."""
 
     def __init__(self, prefix: str):
-        self.prefix, self.nodes = prefix, []
+        self.prefix = prefix
+        self.nodes: list[onnx.NodeProto] = []
 
     def __call__(self, op_type: str, inputs: list[str], tag: str, domain: str = "", **attrs: object) -> str:
         out = f"{self.prefix}/{tag}"
@@ -47,6 +51,17 @@ class NodeWriter:
                                                    self("Shape", [x], f"{tag}_sd", start=-2)], f"{tag}_shape",
                                                   axis=0)], tag)
 
+    def finish(self, x: str, like: str, output: str) -> list[onnx.NodeProto]:
+        """Reshape ``x`` to the shape of ``like`` as ``output``; returns every node written."""
+        self.nodes.append(helper.make_node("Reshape", [x, self("Shape", [like], "out_shape")], [output],
+                                           name=f"{self.prefix}/out"))
+        return self.nodes
+
+
+def lowerable(node: onnx.NodeProto) -> bool:
+    """Whether MultiHeadAttention computes ``node`` exactly: it reads ``scale = 0`` as "use 1/sqrt(D)"."""
+    return float(_attribute(node, "scale", 0.0)) != 0.0
+
 
 def multihead_attention_nodes(node: onnx.NodeProto) -> list[onnx.NodeProto]:
     """Standard + contrib nodes computing ``node`` (a DualSparseAttention) with the same inputs/output."""
@@ -54,48 +69,46 @@ def multihead_attention_nodes(node: onnx.NodeProto) -> list[onnx.NodeProto]:
     freq_bins = int(_attribute(node, "freq_bins", 0))
     same = bool(_attribute(node, "same_frequency", 1))
     cross = bool(_attribute(node, "cross_frequency", 1))
-    w = NodeWriter(node.name or node.output[0])
-    scale = float(_attribute(node, "scale", 0.0))
+    w = NodeWriter(node.output[0])
+    mha = {"domain": CONTRIB_DOMAIN, "num_heads": 1, "scale": float(_attribute(node, "scale", 0.0))}
+    # names by role, not by input: q, k and v may be one tensor
+    inputs = {"k": k, "v": v}
 
     if not same:
         # every query sees the same M keys: fold heads only
-        keys = {x: w.fold(w("Gather", [x, index], f"{x}_sampled", axis=2), f"{x}_keys") for x in (k, v)}
-        out = w("MultiHeadAttention", [w.fold(q, "q_fold"), keys[k], keys[v]], "mha", domain=CONTRIB_DOMAIN,
-                num_heads=1, scale=scale)
-        w.nodes.append(helper.make_node("Reshape", [out, w("Shape", [q], "q_shape")], [node.output[0]],
-                                        name=f"{w.prefix}/out"))
-        return w.nodes
+        keys = {r: w.fold(w("Gather", [x, index], f"{r}_sampled", axis=2), f"{r}_keys") for r, x in inputs.items()}
+        return w.finish(w("MultiHeadAttention", [w.fold(q, "q_fold"), keys["k"], keys["v"]], "mha", **mha), q,
+                        node.output[0])
 
     # (B, H, T*F, D) -> (B, H, F, T, D): time-major tokens, one batch per frequency bin
     grid = w("Concat", [w("Shape", [q], "bh", start=0, end=2), w.ints("t_f", [-1, freq_bins]),
                         w("Shape", [q], "d", start=3)], "grid", axis=0)
-    per_bin = {x: w("Transpose", [w("Reshape", [x, grid], f"{x}_grid")], f"{x}_bins", perm=[0, 1, 3, 2, 4])
-               for x in (q, k, v)}
+    per_bin = {r: w("Transpose", [w("Reshape", [x, grid], f"{r}_grid")], f"{r}_bins", perm=[0, 1, 3, 2, 4])
+               for r, x in {"q": q, **inputs}.items()}
     keys = {}
-    for x in (k, v):
-        keys[x] = per_bin[x]
+    for r, x in inputs.items():
+        keys[r] = per_bin[r]
         if cross:
             # the sampled tokens, the same for every bin: (B, H, 1, M, D) broadcast to (B, H, F, M, D)
-            sampled = w("Unsqueeze", [w("Gather", [x, index], f"{x}_sampled", axis=2), w.ints(f"{x}_ax", [2])],
-                        f"{x}_sampled5")
-            bins = w("Concat", [w("Shape", [per_bin[x]], f"{x}_bhf", start=0, end=3), w.ints(f"{x}_ones", [1, 1])],
-                     f"{x}_expand_shape", axis=0)
-            keys[x] = w("Concat", [per_bin[x], w("Expand", [sampled, bins], f"{x}_shared")], f"{x}_cat", axis=3)
-        keys[x] = w.fold(keys[x], f"{x}_keys")
-    out = w("MultiHeadAttention", [w.fold(per_bin[q], "q_fold"), keys[k], keys[v]], "mha", domain=CONTRIB_DOMAIN,
-            num_heads=1, scale=scale)
-    unfolded = w("Transpose", [w("Reshape", [out, w("Shape", [per_bin[q]], "bins_shape")], "out_bins")],
+            sampled = w("Unsqueeze", [w("Gather", [x, index], f"{r}_sampled", axis=2), w.ints(f"{r}_ax", [2])],
+                        f"{r}_sampled5")
+            bins = w("Concat", [w("Shape", [per_bin[r]], f"{r}_bhf", start=0, end=3), w.ints(f"{r}_ones", [1, 1])],
+                     f"{r}_expand_shape", axis=0)
+            keys[r] = w("Concat", [per_bin[r], w("Expand", [sampled, bins], f"{r}_shared")], f"{r}_cat", axis=3)
+        keys[r] = w.fold(keys[r], f"{r}_keys")
+    out = w("MultiHeadAttention", [w.fold(per_bin["q"], "q_fold"), keys["k"], keys["v"]], "mha", **mha)
+    unfolded = w("Transpose", [w("Reshape", [out, w("Shape", [per_bin["q"]], "bins_shape")], "out_bins")],
                  "out_grid", perm=[0, 1, 3, 2, 4])
-    w.nodes.append(helper.make_node("Reshape", [unfolded, w("Shape", [q], "q_shape")], [node.output[0]],
-                                    name=f"{w.prefix}/out"))
-    return w.nodes
+    return w.finish(unfolded, q, node.output[0])
 
 
-def lower_to_multihead_attention(model: onnx.ModelProto) -> int:
-    """Rewrite every DualSparseAttention node of ``model``'s main graph in place; returns how many."""
+def lower_to_multihead_attention(model: onnx.ModelProto,
+                                 accept: Callable[[onnx.NodeProto], bool] = lowerable) -> int:
+    """Rewrite the DualSparseAttention nodes of ``model``'s main graph that ``accept`` takes, in place
+    (the others keep the function body); returns how many."""
     nodes, lowered = [], 0
     for node in model.graph.node:
-        if node.domain == DOMAIN and node.op_type == OP_TYPE:
+        if node.domain == DOMAIN and node.op_type == OP_TYPE and accept(node):
             nodes.extend(multihead_attention_nodes(node))
             lowered += 1
         else:

@@ -145,8 +145,9 @@ class OnnxRuntimeBackend:
 
         stages = {}
         for name, desc in export_manifest["stages"].items():
-            OrtEngineFromOnnx(export_dir / desc["file"], out / desc["file"], self.providers)()
-            stages[name] = {**desc, "engine": desc["file"]}
+            engine = OrtEngineFromOnnx(export_dir / desc["file"], out / desc["file"], self.providers)
+            engine()
+            stages[name] = {**desc, "engine": desc["file"], "ort_rewrites": engine.rewrites}
         return stages
 
 

@@ -1,7 +1,8 @@
 """ONNX Runtime engines: each stage saved as an offline-optimised graph plus its session settings.
 
 Each stage is first rewritten for ORT (build/ort_rewrites.py: DualSparseAttention and the full
-attention layers as contrib MultiHeadAttention, flash-style kernels instead of materialised scores).
+attention layers as contrib MultiHeadAttention, flash-style kernels instead of materialised scores);
+the manifest records per stage how often each rewrite fired.
 The saved graph then has ORT's portable graph optimisations applied once at build time (constants
 folded, ops fused); the runtime session adds the hardware-specific ones at load. The engine key
 records the CPU features anyway.
@@ -14,9 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..attention.onnx_mha import FORM
 from ..errors import BuildError, first_line
-from .ort_rewrites import REWRITES
+from .ort_rewrites import REWRITES, REWRITES_VERSION
 
 log = logging.getLogger(__name__)
 SAVED_LEVEL = "ORT_ENABLE_EXTENDED"  # part of the engine key: a change rebuilds
@@ -62,43 +62,45 @@ class OrtEngineFromOnnx:
 
     def __init__(self, onnx_path: Path, out_path: Path, providers: list[str]):
         self.onnx_path, self.out_path, self.providers = onnx_path, out_path, providers
+        self.rewrites: dict[str, int] = {}  # how often each engine rewrite fired, once built
 
     def __call__(self) -> Path:
         import onnxruntime as ort
 
         start = time.perf_counter()
-        source = rewritten_model(self.onnx_path, self.out_path.parent)
+        work = self.out_path.with_name(f".rewritten-{self.onnx_path.name}")
+        side = work.with_name(work.name + ".data")
         try:
-            ort.InferenceSession(str(source or self.onnx_path), session_options(self.out_path),
-                                 providers=self.providers)
-        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+            self.rewrites = rewrite_to_file(self.onnx_path, work)
+            source = work if any(self.rewrites.values()) else self.onnx_path
+            ort.InferenceSession(str(source), session_options(self.out_path), providers=self.providers)
+        except Exception as exc:  # noqa: BLE001 - onnx and ORT raise their own exception types
             raise BuildError(f"ONNX Runtime could not build {self.onnx_path.name}: {first_line(exc)}") from exc
         finally:
-            if source is not None:
-                for path in (source, source.with_name(source.name + ".data")):
-                    path.unlink(missing_ok=True)
+            for path in (work, side):
+                path.unlink(missing_ok=True)
         log.info("built %s in %.1f s", self.out_path.name, time.perf_counter() - start)
         return self.out_path
 
 
-def rewritten_model(onnx_path: Path, work_dir: Path) -> Path | None:
-    """``onnx_path`` after the engine rewrites (build/ort_rewrites.py), written to a file in ``work_dir``;
-    None when no rewrite applies (the model is built as it is)."""
+def rewrite_to_file(onnx_path: Path, out_path: Path) -> dict[str, int]:
+    """Apply the engine rewrites (build/ort_rewrites.py) to ``onnx_path``; when any fired, save the result
+    as ``out_path`` (weights over ``WEIGHTS_INLINE_LIMIT`` in ``<out_path>.data``). Returns the counts."""
     import onnx
 
     from .ort_rewrites import rewrite_for_onnxruntime
 
     model = onnx.load(str(onnx_path))
     counts = rewrite_for_onnxruntime(model)
-    if not any(counts.values()):
-        return None
-    fired = ", ".join(f"{name} x{count}" for name, count in counts.items() if count)
-    log.info("%s rewritten for ONNX Runtime: %s", onnx_path.name, fired)
-    path = work_dir / f".rewritten-{onnx_path.name}"
-    weights = sum(len(t.raw_data) for t in model.graph.initializer)
-    onnx.save(model, str(path), save_as_external_data=weights > WEIGHTS_INLINE_LIMIT,
-              all_tensors_to_one_file=True, location=path.name + ".data", size_threshold=1024)
-    return path
+    if any(counts.values()):
+        fired = ", ".join(f"{name} x{count}" for name, count in counts.items() if count)
+        log.info("%s rewritten for ONNX Runtime: %s", onnx_path.name, fired)
+        side = out_path.with_name(out_path.name + ".data")
+        side.unlink(missing_ok=True)  # onnx appends to an existing side file
+        weights = sum(t.ByteSize() for t in model.graph.initializer)
+        onnx.save(model, str(out_path), save_as_external_data=weights > WEIGHTS_INLINE_LIMIT,
+                  all_tensors_to_one_file=True, location=side.name, size_threshold=1024)
+    return counts
 
 
 def backend_info(providers: list[str]) -> dict[str, Any]:
@@ -108,7 +110,8 @@ def backend_info(providers: list[str]) -> dict[str, Any]:
 
     info = {"name": "onnxruntime", "version": ort.__version__, "providers": providers,
             "device": device_of(providers), "architecture": cpu_architecture(),
-            "saved_graph_optimization": SAVED_LEVEL, "litefocus_attention": FORM, "graph_rewrites": list(REWRITES)}
+            "saved_graph_optimization": SAVED_LEVEL,
+            "graph_rewrites": {"version": REWRITES_VERSION, "passes": list(REWRITES)}}
     if info["device"] == "cuda":
         info["architecture"] = _cuda_architecture() or info["architecture"]
     return info

@@ -1,30 +1,35 @@
 """Graph rewrites an ONNX Runtime engine is built from (the export itself stays portable).
 
-- every ``DualSparseAttention`` node -> its contrib MultiHeadAttention form (attention/onnx_mha.py);
+- every ``DualSparseAttention`` node on float/float16 inputs -> its contrib MultiHeadAttention form
+  (attention/onnx_mha.py; equal by construction, tested against the reference);
 - every unmasked ``MatMul -> Softmax -> MatMul`` chain the exporter decomposed SDPA into (the layers
   LiteFocus leaves at full attention) -> MultiHeadAttention, whose CPU kernel never materialises the
   N x N scores;
-- ``SplitToSequence`` + constant ``SequenceAt`` (GEGLU's ``chunk``) -> one ``Slice`` per used chunk,
-  instead of a sequence of copies;
+- ``SplitToSequence`` by a constant chunk size + constant ``SequenceAt`` (GEGLU's ``chunk``) -> one
+  ``Slice`` per used chunk, instead of a sequence of copies;
 - the exporter's erf GELU, ``x * (0.5 * (1 + erf(x / sqrt 2)))``, which ORT's own fusion misses in this
   operand order -> one contrib ``Gelu``.
 
-Each rewrite only fires where it is exact; anything it cannot prove (unknown ranks, masks, several
-users) is left as it is.
+The pattern rewrites fire only where their checks hold (known ranks and batch axes, no masks, no other
+readers of an intermediate, scalar constants); anything else is left as it is.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import defaultdict
 
+import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..attention.onnx_mha import CONTRIB_DOMAIN, NodeWriter, lower_to_multihead_attention
+from ..attention.onnx_mha import CONTRIB_DOMAIN, NodeWriter, lower_to_multihead_attention, lowerable
 
-FLOAT = onnx.TensorProto.FLOAT
-# recorded in the engine manifest (and so in its key): changing the list rebuilds engines
+log = logging.getLogger(__name__)
+FLOAT, FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+# recorded in the engine manifest (and so in its key): a change to any pass must bump the version
+REWRITES_VERSION = 2
 REWRITES = ("dual_sparse_attention", "softmax_attention", "split_to_sequence", "erf_gelu")
 
 
@@ -43,15 +48,16 @@ def inferred_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto.Tensor]:
     graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in weights)
     try:
         graph = onnx.shape_inference.infer_shapes(light, data_prop=True).graph
-    except Exception:  # noqa: BLE001 - inference is a bonus: fall back to the declared types
-        pass
+    except Exception as exc:  # noqa: BLE001 - inference is a bonus: fall back to the declared types
+        log.debug("shape inference failed (%s); using the declared types", exc)
     return {v.name: v.type.tensor_type for v in (*graph.value_info, *graph.input, *graph.output)}
 
 
 class _Graph:
-    """Producers, consumers, constants and known shapes of a graph, for pattern checks."""
+    """Producers, readers, constants and known types of a graph, for pattern checks."""
 
-    def __init__(self, graph: onnx.GraphProto, types: dict[str, onnx.TypeProto.Tensor] | None = None):
+    def __init__(self, model: onnx.ModelProto, infer: bool = False):
+        graph = model.graph
         self.producer = {out: node for node in graph.node for out in node.output}
         self.users: dict[str, list[onnx.NodeProto]] = defaultdict(list)
         for node in graph.node:
@@ -59,11 +65,12 @@ class _Graph:
             for name in {*node.input, *_subgraph_reads(node)}:
                 self.users[name].append(node)
         self.outputs = {v.name for v in graph.output}
-        self.types = types if types is not None else {
+        self.types = inferred_types(model) if infer else {
             v.name: v.type.tensor_type for v in (*graph.value_info, *graph.input, *graph.output)}
         self.initializers = {t.name: t for t in graph.initializer}
+        self.index = {id(node): i for i, node in enumerate(graph.node)}
 
-    def dims(self, name: str) -> list[int | str] | None:
+    def dims(self, name: str) -> list[int | str | None] | None:
         tensor = self.types.get(name)
         if tensor is None or not tensor.HasField("shape"):
             return None
@@ -74,19 +81,8 @@ class _Graph:
         tensor = self.types.get(name)
         return tensor.elem_type if tensor is not None else None
 
-    def constant_value(self, name: str) -> float | None:
-        """A one-element constant's value (Constant node or initializer), else None."""
-        values = self.constant_values(name)
-        return float(values[0]) if values is not None and len(values) == 1 else None
-
-    def other_input(self, node: onnx.NodeProto, name: str) -> str | None:
-        """For a binary node fed by ``name``, its other input."""
-        if len(node.input) != 2 or name not in node.input:
-            return None
-        return node.input[1] if node.input[0] == name else node.input[0]
-
-    def constant_values(self, name: str, at_most: int = 16) -> list[float] | None:
-        """A small constant's values (Constant node or initializer), flattened; None for anything else."""
+    def constant(self, name: str, at_most: int = 16) -> np.ndarray | None:
+        """A small constant (Constant node or initializer) as an array; None for anything else."""
         node = self.producer.get(name)
         if node is not None and node.op_type == "Constant" and node.attribute[0].name == "value":
             tensor = node.attribute[0].t
@@ -94,14 +90,54 @@ class _Graph:
             tensor = self.initializers[name]
         else:
             return None
-        if math.prod(tensor.dims) > at_most:
+        return numpy_helper.to_array(tensor) if math.prod(tensor.dims) <= at_most else None
+
+    def scalar(self, name: str | None) -> np.ndarray | None:
+        """A one-element constant of rank <= 1 (it cannot change a broadcast's shape), else None."""
+        value = self.constant(name) if name is not None else None
+        return value if value is not None and value.size == 1 and value.ndim <= 1 else None
+
+    def other_input(self, node: onnx.NodeProto, name: str) -> str | None:
+        """For a binary node fed by ``name``, its other input."""
+        if len(node.input) != 2 or name not in node.input:
             return None
-        return numpy_helper.to_array(tensor).reshape(-1).tolist()
+        return node.input[1] if node.input[0] == name else node.input[0]
 
     def only_user(self, name: str) -> onnx.NodeProto | None:
         """The one node reading ``name``, if nothing else (no other node, not a graph output) does."""
         users = self.users.get(name, [])
         return users[0] if len(users) == 1 and name not in self.outputs else None
+
+
+class _Edit:
+    """Node replacements and removals of one pass, applied at once; a node is claimed by one match only."""
+
+    def __init__(self, g: _Graph):
+        self.g = g
+        self.replacements: dict[int, list[onnx.NodeProto]] = {}
+        self.dropped: set[int] = set()
+        self.matches = 0
+
+    def free(self, *nodes: onnx.NodeProto) -> bool:
+        return not any(self.g.index[id(n)] in self.replacements or self.g.index[id(n)] in self.dropped for n in nodes)
+
+    def replace(self, node: onnx.NodeProto, new_nodes: list[onnx.NodeProto], *dropped: onnx.NodeProto) -> None:
+        self.replacements[self.g.index[id(node)]] = new_nodes
+        self.dropped.update(self.g.index[id(n)] for n in dropped)
+
+    def apply(self, model: onnx.ModelProto, contrib: bool = False) -> int:
+        if self.replacements:
+            nodes = []
+            for i, node in enumerate(model.graph.node):
+                if i in self.replacements:
+                    nodes.extend(self.replacements[i])
+                elif i not in self.dropped:
+                    nodes.append(node)
+            del model.graph.node[:]
+            model.graph.node.extend(nodes)
+            if contrib and not any(e.domain == CONTRIB_DOMAIN for e in model.opset_import):
+                model.opset_import.append(helper.make_opsetid(CONTRIB_DOMAIN, 1))
+        return self.matches
 
 
 def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
@@ -118,8 +154,19 @@ def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
     return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
+def _default_opset(model: onnx.ModelProto) -> int:
+    return next((e.version for e in model.opset_import if e.domain in ("", "ai.onnx")), 0)
+
+
+def lower_dual_sparse_attention(model: onnx.ModelProto) -> int:
+    """DualSparseAttention nodes on float/float16 q with a non-zero scale -> MultiHeadAttention form."""
+    g = _Graph(model, infer=True)
+    return lower_to_multihead_attention(model, lambda node: lowerable(node) and g.elem_type(node.input[0]) in
+                                        (FLOAT, FLOAT16))
+
+
 def _same_batch(g: _Graph, names: list[str]) -> bool:
-    """All rank 4 with identical, known leading axes: folding them into one batch is exact."""
+    """All float, rank 4, with identical known leading axes: folding them into one batch is exact."""
     shapes = [g.dims(n) for n in names]
     if any(s is None or len(s) != 4 for s in shapes):
         return False
@@ -127,120 +174,104 @@ def _same_batch(g: _Graph, names: list[str]) -> bool:
     return len(lead) == 1 and None not in next(iter(lead)) and all(g.elem_type(n) == FLOAT for n in names)
 
 
-def _replace(graph: onnx.GraphProto, replacements: dict[int, list[onnx.NodeProto]], dropped: set[int]) -> None:
-    nodes = []
-    for i, node in enumerate(graph.node):
-        if i in replacements:
-            nodes.extend(replacements[i])
-        elif i not in dropped:
-            nodes.append(node)
-    del graph.node[:]
-    graph.node.extend(nodes)
-
-
 def fuse_softmax_attention(model: onnx.ModelProto) -> int:
     """``MatMul(x, y) -> Softmax(-1) -> MatMul(., v)`` (4-D, same batch, float) -> MultiHeadAttention(scale 1)."""
-    g = _Graph(model.graph, inferred_types(model))
-    index = {id(node): i for i, node in enumerate(model.graph.node)}
-    replacements: dict[int, list[onnx.NodeProto]] = {}
-    dropped: set[int] = set()
+    if _default_opset(model) < 13:  # Softmax before opset 13 normalises over flattened trailing axes
+        return 0
+    g = _Graph(model, infer=True)
+    edit = _Edit(g)
     for softmax in model.graph.node:
         if softmax.op_type != "Softmax" or _attr(softmax, "axis", -1) not in (-1, 3):
             continue
         scores, weighted = g.producer.get(softmax.input[0]), g.only_user(softmax.output[0])
         if (scores is None or scores.op_type != "MatMul" or g.only_user(scores.output[0]) is not softmax
-                or weighted is None or weighted.op_type != "MatMul" or weighted.input[0] != softmax.output[0]):
+                or weighted is None or weighted.op_type != "MatMul" or weighted.input[0] != softmax.output[0]
+                or not edit.free(scores, softmax, weighted)):
             continue
         (x, y), v = scores.input, weighted.input[1]
         if not _same_batch(g, [x, y, v]):
             continue
-        w = NodeWriter(weighted.name or weighted.output[0])
+        w = NodeWriter(weighted.output[0])
         keys = w("Transpose", [y], "keys", perm=[0, 1, 3, 2])
         out = w("MultiHeadAttention", [w.fold(x, "q"), w.fold(keys, "k"), w.fold(v, "v")], "mha",
                 domain=CONTRIB_DOMAIN, num_heads=1, scale=1.0)
         shape = w("Concat", [w("Shape", [x], "lead", start=0, end=3), w("Shape", [v], "d", start=3)], "shape", axis=0)
-        w.nodes.append(helper.make_node("Reshape", [out, shape], list(weighted.output), name=f"{w.prefix}/out"))
-        replacements[index[id(weighted)]] = w.nodes
-        dropped.update((index[id(scores)], index[id(softmax)]))
-    if replacements:
-        _replace(model.graph, replacements, dropped)
-        _import_contrib(model)
-    return len(replacements)
+        w.nodes.append(helper.make_node("Reshape", [out, shape], [weighted.output[0]], name=f"{w.prefix}/out"))
+        edit.replace(weighted, w.nodes, scores, softmax)
+        edit.matches += 1
+    return edit.apply(model, contrib=True)
 
 
 def split_sequences_to_slices(model: onnx.ModelProto) -> int:
-    """``SplitToSequence(x, s)`` read only by ``SequenceAt(., i)`` with constants -> ``Slice`` per chunk."""
-    g = _Graph(model.graph)
-    index = {id(node): i for i, node in enumerate(model.graph.node)}
-    replacements: dict[int, list[onnx.NodeProto]] = {}
-    dropped: set[int] = set()
+    """``SplitToSequence(x, s)`` (scalar constant s) read only by ``SequenceAt(., i)`` with constant i,
+    each chunk known to exist -> one ``Slice`` per read."""
+    g = _Graph(model, infer=True)
+    edit = _Edit(g)
     for split in model.graph.node:
-        if split.op_type != "SplitToSequence" or len(split.input) != 2 or not _attr(split, "keepdims", 1):
+        if (split.op_type != "SplitToSequence" or len(split.input) != 2 or not _attr(split, "keepdims", 1)
+                or split.output[0] in g.outputs):
             continue
-        size, users = g.constant_values(split.input[1]), g.users.get(split.output[0], [])
-        if split.output[0] in g.outputs:
+        size, users = g.constant(split.input[1]), g.users.get(split.output[0], [])
+        positions = [g.constant(u.input[1]) if u.op_type == "SequenceAt" else None for u in users]
+        if size is None or size.ndim != 0 or not users or any(p is None or p.ndim != 0 or p < 0 for p in positions):
             continue
-        positions = [g.constant_values(u.input[1]) if u.op_type == "SequenceAt" else None for u in users]
-        if size is None or len(size) != 1 or not users or any(p is None or len(p) != 1 or p[0] < 0 for p in positions):
-            continue
-        axis = _attr(split, "axis", 0)
-        for user, (chunk,) in zip(users, positions):
-            w = NodeWriter(user.name or user.output[0])
+        dims, axis = g.dims(split.input[0]), _attr(split, "axis", 0)
+        length = dims[axis] if dims is not None and -len(dims) <= axis < len(dims) else None
+        if not isinstance(length, int) or any(int(p) * int(size) >= length for p in positions):
+            continue  # a missing chunk must stay an error, not become an empty slice
+        for user, chunk in zip(users, (int(p) for p in positions)):
+            w = NodeWriter(user.output[0])
             w.nodes.append(helper.make_node(
-                "Slice", [split.input[0], w.ints("start", [chunk * size[0]]), w.ints("end", [(chunk + 1) * size[0]]),
-                          w.ints("axis", [axis])], list(user.output), name=f"{w.prefix}/slice"))
-            replacements[index[id(user)]] = w.nodes
-        dropped.add(index[id(split)])
-    if replacements:
-        _replace(model.graph, replacements, dropped)
-    return len(dropped)
+                "Slice", [split.input[0], w.ints("start", [chunk * int(size)]),
+                          w.ints("end", [(chunk + 1) * int(size)]), w.ints("axis", [axis])],
+                [user.output[0]], name=f"{w.prefix}/slice"))
+            edit.replace(user, w.nodes)
+        edit.dropped.add(g.index[id(split)])
+        edit.matches += 1
+    return edit.apply(model)
 
 
 def fuse_erf_gelu(model: onnx.ModelProto) -> int:
-    """``Div(x, sqrt 2) -> Erf -> Add 1 -> Mul 0.5 -> Mul x`` (either operand order) -> ``com.microsoft.Gelu``."""
-    g = _Graph(model.graph)
-    index = {id(node): i for i, node in enumerate(model.graph.node)}
-    replacements: dict[int, list[onnx.NodeProto]] = {}
-    dropped: set[int] = set()
+    """``Div(x, sqrt 2) -> Erf -> Add 1 -> Mul 0.5 -> Mul x`` (either operand order, float or float16 x)
+    -> ``com.microsoft.Gelu``."""
+    g = _Graph(model, infer=True)
+    edit = _Edit(g)
 
-    def next_binary(node: onnx.NodeProto, op_type: str) -> tuple[onnx.NodeProto, str] | tuple[None, None]:
-        user = g.only_user(node.output[0])
+    def next_binary(node: onnx.NodeProto | None, op_type: str) -> tuple[onnx.NodeProto | None, str | None]:
+        user = g.only_user(node.output[0]) if node is not None else None
         if user is None or user.op_type != op_type:
             return None, None
         return user, g.other_input(user, node.output[0])
 
     def near(name: str | None, value: float) -> bool:
-        found = g.constant_value(name) if name is not None else None
-        return found is not None and abs(found - value) <= 1e-6 * abs(value)
+        """``name`` is a scalar constant equal to ``value`` rounded to the constant's own dtype."""
+        found = g.scalar(name)
+        if found is None or found.dtype.kind != "f":
+            return False
+        return abs(float(found.reshape(())) - value) <= 4 * np.finfo(found.dtype).eps * abs(value)
 
     for div in model.graph.node:
-        if div.op_type != "Div" or not near(div.input[1], 2 ** 0.5):
+        if div.op_type != "Div" or not near(div.input[1], 2 ** 0.5) or g.elem_type(div.input[0]) not in (FLOAT,
+                                                                                                         FLOAT16):
             continue
         x = div.input[0]
         erf = g.only_user(div.output[0])
         if erf is None or erf.op_type != "Erf":
             continue
         add, one = next_binary(erf, "Add")
-        half_mul, half = next_binary(add, "Mul") if add is not None else (None, None)
-        out_mul, x_again = next_binary(half_mul, "Mul") if half_mul is not None else (None, None)
-        if out_mul is None or not near(one, 1.0) or not near(half, 0.5) or x_again != x:
+        half_mul, half = next_binary(add, "Mul")
+        out_mul, x_again = next_binary(half_mul, "Mul")
+        if (out_mul is None or not near(one, 1.0) or not near(half, 0.5) or x_again != x
+                or not edit.free(div, erf, add, half_mul, out_mul)):
             continue
-        replacements[index[id(out_mul)]] = [helper.make_node("Gelu", [x], list(out_mul.output), domain=CONTRIB_DOMAIN,
-                                                             name=f"{out_mul.name or out_mul.output[0]}/gelu")]
-        dropped.update(index[id(n)] for n in (div, erf, add, half_mul))
-    if replacements:
-        _replace(model.graph, replacements, dropped)
-        _import_contrib(model)
-    return len(replacements)
-
-
-def _import_contrib(model: onnx.ModelProto) -> None:
-    if not any(e.domain == CONTRIB_DOMAIN for e in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(CONTRIB_DOMAIN, 1))
+        edit.replace(out_mul, [helper.make_node("Gelu", [x], [out_mul.output[0]], domain=CONTRIB_DOMAIN,
+                                                name=f"{out_mul.output[0]}/gelu")], div, erf, add, half_mul)
+        edit.matches += 1
+    return edit.apply(model, contrib=True)
 
 
 def rewrite_for_onnxruntime(model: onnx.ModelProto) -> dict[str, int]:
     """Apply every rewrite in place; returns how often each fired."""
-    passes = {"dual_sparse_attention": lower_to_multihead_attention, "softmax_attention": fuse_softmax_attention,
+    passes = {"dual_sparse_attention": lower_dual_sparse_attention, "softmax_attention": fuse_softmax_attention,
               "split_to_sequence": split_sequences_to_slices, "erf_gelu": fuse_erf_gelu}
     return {name: passes[name](model) for name in REWRITES}

@@ -74,7 +74,8 @@ def test_onnxruntime_engine_runs_the_op_as_multihead_attention(tiny_build):
     layers = len(manifest["stages"]["unet"]["litefocus_layers"])
     assert layers > 0 and ops.count(("com.microsoft", "MultiHeadAttention")) >= layers
     assert ("ai.litefocus", "DualSparseAttention") not in ops
-    assert manifest["backend"]["litefocus_attention"] == "com.microsoft.MultiHeadAttention"
+    assert manifest["stages"]["unet"]["ort_rewrites"]["dual_sparse_attention"] == layers
+    assert manifest["backend"]["graph_rewrites"]["version"] >= 2
     assert not [p.name for p in engines.iterdir() if p.name.startswith(".rewritten-")]
     export_ops = [n.op_type for n in onnx.load(str(export_dir / "unet.onnx"), load_external_data=False).graph.node]
     assert export_ops.count("DualSparseAttention") == layers  # the export keeps the contract

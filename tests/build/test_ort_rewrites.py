@@ -37,7 +37,9 @@ def rewritten_matches(model: onnx.ModelProto, rewrite, feeds: dict[str, np.ndarr
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     fired = rewrite(copy)
-    for want, got in zip(before, run(copy, feeds)):
+    after = run(copy, feeds)
+    assert len(after) == len(before)
+    for want, got in zip(before, after):
         assert np.abs(want - got).max() <= tol * max(np.abs(want).max(), 1e-6)
     return fired
 
@@ -64,6 +66,25 @@ def attention_feeds(x_shape: tuple, y_shape: tuple, mask: bool = False) -> dict[
 def test_unmasked_attention_becomes_multihead_attention():
     model = attention_model(["B", 3, "S", 5], ["B", 3, 5, 7])
     assert rewritten_matches(model, fuse_softmax_attention, attention_feeds((2, 3, 6, 5), (2, 3, 5, 7))) == 1
+
+
+def test_chained_attention_is_fused_once_per_node():
+    """``MatMul -> Softmax -> MatMul -> Softmax -> MatMul``: the middle MatMul may belong to one match only."""
+    nodes = [helper.make_node("MatMul", ["x", "y"], ["s1"]), helper.make_node("Softmax", ["s1"], ["w1"], axis=-1),
+             helper.make_node("MatMul", ["w1", "v"], ["s2"]), helper.make_node("Softmax", ["s2"], ["w2"], axis=-1),
+             helper.make_node("MatMul", ["w2", "u"], ["out"])]
+    model = make_model(nodes, {"x": ["B", 3, 6, 5], "y": ["B", 3, 5, 7], "v": ["B", 3, 7, 7], "u": ["B", 3, 7, 4]},
+                       ["out"])
+    rng = np.random.default_rng(0)
+    feeds = {n: rng.standard_normal(s).astype(np.float32)
+             for n, s in {"x": (2, 3, 6, 5), "y": (2, 3, 5, 7), "v": (2, 3, 7, 7), "u": (2, 3, 7, 4)}.items()}
+    assert rewritten_matches(model, fuse_softmax_attention, feeds) == 1
+
+
+def test_softmax_before_opset_13_is_left_alone():
+    model = attention_model(["B", 3, "S", 5], ["B", 3, 5, 7])
+    model.opset_import[0].version = 11  # Softmax there normalises over the flattened trailing axes
+    assert fuse_softmax_attention(model) == 0
 
 
 @pytest.mark.parametrize("case", ["masked", "broadcast keys", "rank 3", "unknown shape", "weights read outside"])
@@ -111,6 +132,13 @@ def test_split_to_sequence_becomes_slices_including_a_short_last_chunk():
     assert rewritten_matches(model, split_sequences_to_slices, {"x": x}) == 1
 
 
+def test_split_to_sequence_past_the_last_chunk_is_left_alone():
+    model = split_model()
+    next(n for n in model.graph.node if n.output[0] == "second").attribute[0].t.CopyFrom(
+        numpy_helper.from_array(np.array(3, np.int64), "second"))  # chunk 3 of size 4 over 10 columns
+    assert split_sequences_to_slices(model) == 0
+
+
 def test_split_to_sequence_with_a_runtime_index_is_left_alone():
     feeds = {"x": np.ones((2, 10), np.float32), "i": np.array(1, np.int64)}
     assert rewritten_matches(split_model(index_input=True), split_sequences_to_slices, feeds) == 0
@@ -131,6 +159,27 @@ def test_erf_gelu_becomes_one_gelu(swap):
     x = np.linspace(-4, 4, 24, dtype=np.float32).reshape(3, 8)
     model = gelu_model(swap=swap)
     assert rewritten_matches(model, fuse_erf_gelu, {"x": x}, tol=1e-6) == 1
+
+
+def test_dual_sparse_attention_with_shared_keys_and_values_lowers():
+    """k and v one tensor (names are by role), and a zero scale (MHA reads it as 1/sqrt(D)) is kept as is."""
+    from litefocus_export.attention.onnx_function import attach_function, make_node
+    from litefocus_export.build.ort_rewrites import lower_dual_sparse_attention
+
+    def model(scale: float) -> onnx.ModelProto:
+        node = make_node(["q", "kv", "kv", "idx"], "out", freq_bins=3, scale=scale, same_frequency=True,
+                         cross_frequency=True)
+        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, F32, ["B", 2, "N", 4])
+                                                for n in ("q", "kv")]
+                                  + [helper.make_tensor_value_info("idx", onnx.TensorProto.INT64, ["M"])],
+                                  [helper.make_tensor_value_info("out", F32, None)])
+        return attach_function(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+
+    rng = np.random.default_rng(0)
+    feeds = {"q": rng.standard_normal((2, 2, 21, 4)).astype(np.float32),
+             "kv": rng.standard_normal((2, 2, 21, 4)).astype(np.float32), "idx": np.array([0, 4, 4, 20])}
+    assert rewritten_matches(model(0.5), lower_dual_sparse_attention, feeds) == 1
+    assert rewritten_matches(model(0.0), lower_dual_sparse_attention, feeds) == 0
 
 
 def test_gelu_look_alike_is_left_alone():
@@ -167,7 +216,23 @@ def test_rewritten_model_with_weights_in_a_side_file_loads(tiny_build, tmp_path,
 
     _, export_dir, _ = tiny_build
     monkeypatch.setattr(ort_build, "WEIGHTS_INLINE_LIMIT", 0)
-    path = ort_build.rewritten_model(export_dir / "unet.onnx", tmp_path)
-    assert path is not None and path.with_name(path.name + ".data").stat().st_size > 0
+    path = tmp_path / "unet.onnx"
+    (path.parent / "unet.onnx.data").write_bytes(b"stale bytes of a killed build")
+    assert ort_build.rewrite_to_file(export_dir / "unet.onnx", path)["dual_sparse_attention"] == 20
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert any(i.name.startswith("litefocus_index") for i in session.get_inputs())
+
+
+def test_failed_engine_build_is_one_line_and_leaves_no_work_files(tiny_build, tmp_path, monkeypatch):
+    from litefocus_export.build.onnxruntime import OrtEngineFromOnnx
+    from litefocus_export.errors import BuildError
+
+    _, export_dir, _ = tiny_build
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("no memory left\nsecond line")
+
+    monkeypatch.setattr(ort, "InferenceSession", refuse)
+    with pytest.raises(BuildError, match="could not build unet.onnx: no memory left$"):
+        OrtEngineFromOnnx(export_dir / "unet.onnx", tmp_path / "unet.onnx", ["CPUExecutionProvider"])()
+    assert list(tmp_path.iterdir()) == []

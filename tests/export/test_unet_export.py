@@ -126,13 +126,15 @@ def test_fp16_export_keeps_sensitive_ops_fp32_and_stays_close(tmp_path):
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # fp32 interface
     for name, result in manifest["verification"].items():
         assert result["max_rel"] <= 1e-2, (name, result)
-    # the ORT engine rewrites still fire where exact on fp16 weights with fp32 attention, and stay close
+    # the ORT engine rewrites on fp16 weights with fp32 attention: the op, the split and the fp16 GELU still
+    # fire (the full-attention fusion takes float32 chains only and finds none here); outputs stay close
     from litefocus_export.build.ort_rewrites import rewrite_for_onnxruntime
     from litefocus_export.runtime.sampler import example_unet_feeds
 
     feeds = example_unet_feeds(manifest["stages"]["unet"], 27, seed=1)
     (want,) = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
-    assert rewrite_for_onnxruntime(model)["dual_sparse_attention"] == 20
+    counts = rewrite_for_onnxruntime(model)
+    assert counts["dual_sparse_attention"] == 20 and counts["split_to_sequence"] and counts["erf_gelu"], counts
     (got,) = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
     assert np.abs(want - got).max() <= 1e-3 * np.abs(want).max()
 
