@@ -3,10 +3,10 @@
 The exported model keeps the contract node (``ai.litefocus::DualSparseAttention`` + portable function
 body). The body materialises every (T + M)-wide score row, concatenates and slices them; ONNX Runtime's
 contrib MultiHeadAttention runs a flash-style kernel instead (measured on CPU; ORT documents it for
-CUDA too). Building an ORT engine
-rewrites each contract node into the dense form of DESIGN.md §1 around one MultiHeadAttention:
-frequency *and heads* folded into its batch (``num_heads=1``), so the rewrite needs no shape the node
-does not carry. Keys and values are the T same-bin tokens followed by the M sampled ones.
+CUDA too). Building an ORT engine rewrites each contract node into the dense form of DESIGN.md §1
+around one MultiHeadAttention: frequency *and heads* folded into its batch (``num_heads=1``), so the
+rewrite needs no shape the node does not carry. Keys and values are the T same-bin tokens followed by
+the M sampled ones.
 """
 
 from __future__ import annotations
