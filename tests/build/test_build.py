@@ -64,7 +64,7 @@ def test_engine_key_covers_litefocus_settings_and_stages(tiny_build):
 
 
 def test_onnxruntime_engine_runs_the_op_as_multihead_attention(tiny_build):
-    """The engine's UNet carries one MultiHeadAttention per patched layer, no contract node, no side files."""
+    """The engine's UNet runs every patched layer as MultiHeadAttention, keeps no contract node or work file."""
     import onnx
 
     engines, export_dir, _ = tiny_build
