@@ -21,7 +21,8 @@ from .onnx_function import DOMAIN, OP_TYPE
 CONTRIB_DOMAIN = "com.microsoft"
 
 
-def _attribute(node: onnx.NodeProto, name: str, default: int | float) -> int | float:
+def attribute(node: onnx.NodeProto, name: str, default: int | float) -> int | float:
+    """``node``'s attribute ``name``, or ``default`` when the node omits it."""
     for attr in node.attribute:
         if attr.name == name:
             return helper.get_attribute_value(attr)
@@ -60,17 +61,17 @@ class NodeWriter:
 
 def lowerable(node: onnx.NodeProto) -> bool:
     """Whether MultiHeadAttention computes ``node`` exactly: it reads ``scale = 0`` as "use 1/sqrt(D)"."""
-    return float(_attribute(node, "scale", 0.0)) != 0.0
+    return float(attribute(node, "scale", 0.0)) != 0.0
 
 
 def multihead_attention_nodes(node: onnx.NodeProto) -> list[onnx.NodeProto]:
     """Standard + contrib nodes computing ``node`` (a DualSparseAttention) with the same inputs/output."""
     q, k, v, index = node.input
-    freq_bins = int(_attribute(node, "freq_bins", 0))
-    same = bool(_attribute(node, "same_frequency", 1))
-    cross = bool(_attribute(node, "cross_frequency", 1))
+    freq_bins = int(attribute(node, "freq_bins", 0))
+    same = bool(attribute(node, "same_frequency", 1))
+    cross = bool(attribute(node, "cross_frequency", 1))
     w = NodeWriter(node.output[0])
-    mha = {"domain": CONTRIB_DOMAIN, "num_heads": 1, "scale": float(_attribute(node, "scale", 0.0))}
+    mha = {"domain": CONTRIB_DOMAIN, "num_heads": 1, "scale": float(attribute(node, "scale", 0.0))}
     # names by role, not by input: q, k and v may be one tensor
     inputs = {"k": k, "v": v}
 

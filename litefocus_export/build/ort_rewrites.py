@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..attention.onnx_mha import CONTRIB_DOMAIN, NodeWriter, lower_to_multihead_attention, lowerable
+from ..attention.onnx_mha import CONTRIB_DOMAIN, NodeWriter, attribute, lower_to_multihead_attention, lowerable
 
 log = logging.getLogger(__name__)
 FLOAT, FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
@@ -33,7 +33,10 @@ REWRITES_VERSION = 2
 REWRITES = ("dual_sparse_attention", "softmax_attention", "split_to_sequence", "erf_gelu")
 
 
-def inferred_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto.Tensor]:
+Types = dict[str, onnx.TypeProto.Tensor]
+
+
+def inferred_types(model: onnx.ModelProto) -> Types:
     """Tensor types (with shapes where ONNX shape inference finds them) of every value in ``model``.
 
     Inference runs on a copy without initializer data: a UNet's graph is megabytes, its weights gigabytes.
@@ -56,7 +59,7 @@ def inferred_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto.Tensor]:
 class _Graph:
     """Producers, readers, constants and known types of a graph, for pattern checks."""
 
-    def __init__(self, model: onnx.ModelProto, infer: bool = False):
+    def __init__(self, model: onnx.ModelProto, types: Types | None = None):
         graph = model.graph
         self.producer = {out: node for node in graph.node for out in node.output}
         self.users: dict[str, list[onnx.NodeProto]] = defaultdict(list)
@@ -65,8 +68,7 @@ class _Graph:
             for name in {*node.input, *_subgraph_reads(node)}:
                 self.users[name].append(node)
         self.outputs = {v.name for v in graph.output}
-        self.types = inferred_types(model) if infer else {
-            v.name: v.type.tensor_type for v in (*graph.value_info, *graph.input, *graph.output)}
+        self.types = types if types is not None else inferred_types(model)
         self.initializers = {t.name: t for t in graph.initializer}
         self.index = {id(node): i for i, node in enumerate(graph.node)}
 
@@ -150,17 +152,13 @@ def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
     return names
 
 
-def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
-
-
 def _default_opset(model: onnx.ModelProto) -> int:
     return next((e.version for e in model.opset_import if e.domain in ("", "ai.onnx")), 0)
 
 
-def lower_dual_sparse_attention(model: onnx.ModelProto) -> int:
+def lower_dual_sparse_attention(model: onnx.ModelProto, types: Types | None = None) -> int:
     """DualSparseAttention nodes on float/float16 q with a non-zero scale -> MultiHeadAttention form."""
-    g = _Graph(model, infer=True)
+    g = _Graph(model, types)
     return lower_to_multihead_attention(model, lambda node: lowerable(node) and g.elem_type(node.input[0]) in
                                         (FLOAT, FLOAT16))
 
@@ -174,14 +172,14 @@ def _same_batch(g: _Graph, names: list[str]) -> bool:
     return len(lead) == 1 and None not in next(iter(lead)) and all(g.elem_type(n) == FLOAT for n in names)
 
 
-def fuse_softmax_attention(model: onnx.ModelProto) -> int:
+def fuse_softmax_attention(model: onnx.ModelProto, types: Types | None = None) -> int:
     """``MatMul(x, y) -> Softmax(-1) -> MatMul(., v)`` (4-D, same batch, float) -> MultiHeadAttention(scale 1)."""
     if _default_opset(model) < 13:  # Softmax before opset 13 normalises over flattened trailing axes
         return 0
-    g = _Graph(model, infer=True)
+    g = _Graph(model, types)
     edit = _Edit(g)
     for softmax in model.graph.node:
-        if softmax.op_type != "Softmax" or _attr(softmax, "axis", -1) not in (-1, 3):
+        if softmax.op_type != "Softmax" or attribute(softmax, "axis", -1) not in (-1, 3):
             continue
         scores, weighted = g.producer.get(softmax.input[0]), g.only_user(softmax.output[0])
         if (scores is None or scores.op_type != "MatMul" or g.only_user(scores.output[0]) is not softmax
@@ -202,20 +200,20 @@ def fuse_softmax_attention(model: onnx.ModelProto) -> int:
     return edit.apply(model, contrib=True)
 
 
-def split_sequences_to_slices(model: onnx.ModelProto) -> int:
+def split_sequences_to_slices(model: onnx.ModelProto, types: Types | None = None) -> int:
     """``SplitToSequence(x, s)`` (scalar constant s) read only by ``SequenceAt(., i)`` with constant i,
     each chunk known to exist -> one ``Slice`` per read."""
-    g = _Graph(model, infer=True)
+    g = _Graph(model, types)
     edit = _Edit(g)
     for split in model.graph.node:
-        if (split.op_type != "SplitToSequence" or len(split.input) != 2 or not _attr(split, "keepdims", 1)
+        if (split.op_type != "SplitToSequence" or len(split.input) != 2 or not attribute(split, "keepdims", 1)
                 or split.output[0] in g.outputs):
             continue
         size, users = g.constant(split.input[1]), g.users.get(split.output[0], [])
         positions = [g.constant(u.input[1]) if u.op_type == "SequenceAt" else None for u in users]
         if size is None or size.ndim != 0 or not users or any(p is None or p.ndim != 0 or p < 0 for p in positions):
             continue
-        dims, axis = g.dims(split.input[0]), _attr(split, "axis", 0)
+        dims, axis = g.dims(split.input[0]), attribute(split, "axis", 0)
         length = dims[axis] if dims is not None and -len(dims) <= axis < len(dims) else None
         if not isinstance(length, int) or any(int(p) * int(size) >= length for p in positions):
             continue  # a missing chunk must stay an error, not become an empty slice
@@ -231,10 +229,10 @@ def split_sequences_to_slices(model: onnx.ModelProto) -> int:
     return edit.apply(model)
 
 
-def fuse_erf_gelu(model: onnx.ModelProto) -> int:
+def fuse_erf_gelu(model: onnx.ModelProto, types: Types | None = None) -> int:
     """``Div(x, sqrt 2) -> Erf -> Add 1 -> Mul 0.5 -> Mul x`` (either operand order, float or float16 x)
     -> ``com.microsoft.Gelu``."""
-    g = _Graph(model, infer=True)
+    g = _Graph(model, types)
     edit = _Edit(g)
 
     def next_binary(node: onnx.NodeProto | None, op_type: str) -> tuple[onnx.NodeProto | None, str | None]:
@@ -271,7 +269,12 @@ def fuse_erf_gelu(model: onnx.ModelProto) -> int:
 
 
 def rewrite_for_onnxruntime(model: onnx.ModelProto) -> dict[str, int]:
-    """Apply every rewrite in place; returns how often each fired."""
+    """Apply every rewrite in place; returns how often each fired.
+
+    Shape inference runs once: every pass keeps the names, types and shapes of the values it leaves, so
+    the types found before the first pass still hold for what later passes look at.
+    """
+    types = inferred_types(model)
     passes = {"dual_sparse_attention": lower_dual_sparse_attention, "softmax_attention": fuse_softmax_attention,
               "split_to_sequence": split_sequences_to_slices, "erf_gelu": fuse_erf_gelu}
-    return {name: passes[name](model) for name in REWRITES}
+    return {name: passes[name](model, types) for name in REWRITES}
