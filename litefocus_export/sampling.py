@@ -26,11 +26,6 @@ def draw_sample_index(rng: np.random.Generator, n_tokens: int, sparse_ratio: flo
     return rng.choice(n_tokens, size=m, replace=False).astype(np.int64)
 
 
-def make_rng(seed: int | None) -> np.random.Generator:
-    """The generator both backends use for samples (PCG64, numpy's default)."""
-    return np.random.default_rng(seed)
-
-
 def seeded_streams(seed: int | None) -> tuple[np.random.Generator, np.random.Generator]:
     """(initial-noise generator, LiteFocus-sample generator) for one generation with ``seed``.
 

@@ -26,7 +26,6 @@ from ..sampling import num_samples
 
 BATCH = 2  # classifier-free guidance: [uncond, cond] in one UNet evaluation
 CONTEXT_TOKENS = 64
-CONTEXT_FREE_KINDS = ("audioldm", "musicldm")
 FORMULA = ("4*B*H*N*K*D per attention layer (QK^T and AV), B = 2 (CFG); self-attention K = N (full) or "
            "K = T_l + M with M = floor(ratio*N) at the patched levels (LiteFocus); cross-attention K = "
            f"{CONTEXT_TOKENS} context tokens (assumed) in both")
@@ -44,12 +43,15 @@ class ModelFacts:
 
     @property
     def context_free(self) -> bool:
-        return self.kind in CONTEXT_FREE_KINDS
+        from ..attention.patching import CONTEXT_FREE_PIPELINES
+
+        return self.pipeline_class in CONTEXT_FREE_PIPELINES
 
     @property
     def pipeline_class(self) -> str:
-        return {"audioldm2": "AudioLDM2Pipeline", "audioldm": "AudioLDMPipeline", "musicldm": "MusicLDMPipeline"}[
-            self.kind]
+        from ..models.specs import PIPELINE_CLASSES
+
+        return next(name for name, kind in PIPELINE_CLASSES.items() if kind == self.kind)
 
 
 def model_facts(spec: str) -> ModelFacts:
@@ -99,8 +101,9 @@ def attention_layers(facts: ModelFacts, levels: tuple[int, ...]) -> list[Attenti
         unet = getattr(diffusers, facts.unet_class)(**facts.unet_config)
     bins = facts.geometry.latent_freq_bins
     widths = tuple(level_width(bins, level) for level in range(len(unet.down_blocks)))
-    self_names = {layer.name for layer in find_self_attention_layers(unet, bins, widths, facts.context_free)}
-    patched = {layer.name for layer in find_self_attention_layers(unet, bins, levels, facts.context_free)}
+    self_layers = find_self_attention_layers(unet, bins, widths, facts.context_free)
+    self_names = {layer.name for layer in self_layers}
+    patched = {layer.name for layer in self_layers if layer.freq_bins in levels}
     layers = []
     for name, module in unet.named_modules():
         place = _level_of(name, len(unet.down_blocks)) if isinstance(module, Attention) else None

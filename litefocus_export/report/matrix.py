@@ -211,15 +211,20 @@ def job_for(state: ReportState, seconds: float, backend: str, attention: str, wo
             "output": str(output_path(work, seconds, backend, attention)) if s.accuracy else None}
 
 
+def config_stem(seconds: float, backend: str, attention: str) -> str:
+    """File-name stem of one configuration (``2.5s-torch-full``: it may contain a dot)."""
+    return f"{seconds:g}s-{backend}-{attention}"
+
+
 def output_path(work: Path, seconds: float, backend: str, attention: str) -> Path:
-    return work / f"{seconds:g}s-{backend}-{attention}.npy"
+    return work / f"{config_stem(seconds, backend, attention)}.npy"
 
 
 def measure_one(state: ReportState, seconds: float, backend: str, attention: str, work: Path) -> dict[str, Any]:
     """Run one configuration in a child process; a failure becomes a row with its reason."""
     job = job_for(state, seconds, backend, attention, work)
-    stem = output_path(work, seconds, backend, attention).with_suffix("")
-    job_file, result_file = stem.with_suffix(".job.json"), stem.with_suffix(".result.json")
+    stem = config_stem(seconds, backend, attention)
+    job_file, result_file = work / f"{stem}.job.json", work / f"{stem}.result.json"
     job_file.write_text(json.dumps(job))
     row: dict[str, Any] = {"seconds": seconds, "backend": backend, "attention": attention}
     proc = subprocess.run([sys.executable, "-m", "litefocus_export.report.measure", str(job_file), str(result_file)],

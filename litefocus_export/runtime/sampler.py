@@ -17,7 +17,7 @@ import numpy as np
 
 from ..geometry import downsampled_length
 from ..sampling import draw_sample_index, initial_noise, seeded_streams
-from .conditioning import DEFAULT_GUIDANCE
+from .conditioning import DEFAULT_GUIDANCE, MAX_NEW_TOKENS_KEY
 from .decode import trim_waveform
 from .engine import EngineFolder
 
@@ -75,7 +75,7 @@ class Sampler:
         runner = self.engines.run
         # the LM step count is in the ONNX metadata too, but TensorRT folders hold no .onnx: use the manifest
         lm_meta = self.engines.manifest["stages"].get("language_model", {}).get("metadata", {})
-        max_new = lm_meta.get("litefocus.max_new_tokens")
+        max_new = lm_meta.get(MAX_NEW_TOKENS_KEY)
         self.conditioner = TextConditioner(self.engines.folder, self.engines.kind, runner,
                                            max_new_tokens=int(max_new) if max_new else None)
         self.decoder = AudioDecoder(self.engines.folder, runner)

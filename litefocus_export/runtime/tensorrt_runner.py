@@ -117,11 +117,12 @@ class TrtStage:
             raise EngineError(f"no such engine file: {self.path}")
         if plugins:
             self._register_plugins()
-        engine = self._deserialize()
+        plan = self.path.read_bytes()
+        engine = self._deserialize(plan)
         if engine is None and plugins is None:
             log.info("%s did not deserialize; registering the LiteFocus plugin and retrying", self.path.name)
             self._register_plugins()
-            engine = self._deserialize()
+            engine = self._deserialize(plan)
         if engine is None:
             raise EngineError(f"cannot load {self.path.name}: TensorRT {self.trt.__version__} could not deserialize "
                               f"it (built with another TensorRT version or GPU? rebuild it here)")
@@ -136,6 +137,9 @@ class TrtStage:
         self.outputs = [n for n in io if engine.get_tensor_mode(n) == mode.OUTPUT]
         meta = self.runner.get_input_metadata(use_numpy_dtypes=False)
         self.dtypes = {name: meta[name].dtype.numpy() for name in self.inputs}
+        # (min, max) shape of each input in the engine's one profile, checked on every call
+        self.bounds = {name: tuple(tuple(s) for s in engine.get_tensor_profile_shape(name, 0))[::2]
+                       for name in self.inputs}
 
     def _register_plugins(self) -> None:
         try:
@@ -143,11 +147,11 @@ class TrtStage:
         except LiteFocusError as exc:
             raise EngineError(f"{self.path.name} needs the LiteFocus TensorRT plugin: {exc}") from None
 
-    def _deserialize(self) -> Any:
+    def _deserialize(self, plan: bytes) -> Any:
         from polygraphy.backend.trt import engine_from_bytes
 
         try:
-            return engine_from_bytes(self.path.read_bytes())
+            return engine_from_bytes(plan)
         except _polygraphy_error():
             return None
 
@@ -157,7 +161,7 @@ class TrtStage:
             if name not in feeds:
                 raise EngineError(f"{self.path.name}: input {name} missing (inputs: {', '.join(self.inputs)})")
             array = np.ascontiguousarray(feeds[name], dtype=self.dtypes[name])
-            low, _, high = (tuple(s) for s in self.engine.get_tensor_profile_shape(name, 0))
+            low, high = self.bounds[name]
             if len(array.shape) != len(low) or any(not lo <= d <= hi for d, lo, hi in zip(array.shape, low, high)):
                 raise EngineError(f"{self.path.name}: input {name} of shape {array.shape} is outside the engine's "
                                   f"profile {low}..{high} (rebuild with a wider --profile)")
@@ -169,7 +173,7 @@ class TrtStage:
         try:
             results = self.runner.infer(ready)
         except _polygraphy_error() as exc:
-            raise EngineError(f"TensorRT failed running {self.path.name}: {str(exc).strip().splitlines()[0]}") from None
+            raise EngineError(f"TensorRT failed running {self.path.name}: {first_line(exc)}") from None
         # the runner reuses its host buffers on the next call
         return {name: np.array(results[name], copy=True) for name in self.outputs}
 
