@@ -83,7 +83,7 @@ def build_engines(settings: BuildSettings, out_root: str | os.PathLike = "engine
     backend = _backend(settings)
     export_dir = cached_export(settings)
     export_manifest = read_manifest(export_dir)
-    key = engine_key(settings, export_manifest, backend.info())
+    key = engine_key(settings, export_manifest, backend.info)
     target = engine_folder(out_root, settings)
     try:
         if read_manifest(target).get("engine_key") == key:
@@ -107,7 +107,7 @@ def build_engines(settings: BuildSettings, out_root: str | os.PathLike = "engine
                 "litefocus": export_manifest["litefocus"], "precision": export_manifest["precision"],
                 "profiles": [settings.profile.to_dict()],
                 "latent_frames": list(settings.profile.latent_frames()),
-                "backend": backend.info(), "stages": stages,
+                "backend": backend.info, "stages": stages,
                 "export": {"folder": str(export_dir), "manifest_sha256": _sha(export_dir / "manifest.json")},
                 "tools": tool_versions("litefocus-export", "onnxruntime", "numpy", "tensorrt", "polygraphy"),
                 "build_seconds": round(time.perf_counter() - start, 2)}
@@ -131,14 +131,10 @@ class OnnxRuntimeBackend:
     """Every stage as an offline-optimised ONNX Runtime graph."""
 
     def __init__(self, device: str):
-        from .onnxruntime import available_device
+        from .onnxruntime import available_device, backend_info
 
         self.providers = available_device(device)
-
-    def info(self) -> dict[str, Any]:
-        from .onnxruntime import backend_info
-
-        return backend_info(self.providers)
+        self.info = backend_info(self.providers)  # part of the engine key; asked for once per build
 
     def build(self, export_dir: Path, export_manifest: dict[str, Any], out: Path) -> dict[str, Any]:
         from .onnxruntime import OrtEngineFromOnnx
@@ -155,21 +151,18 @@ class TensorRTBackend:
     """UNet (and other stages) as TensorRT engines with one optimisation profile (build/tensorrt.py)."""
 
     def __init__(self, settings: BuildSettings):
-        from .tensorrt import require_tensorrt
+        from .tensorrt import require_tensorrt, tensorrt_backend_info
 
         require_tensorrt()
         self.settings = settings
-
-    def info(self) -> dict[str, Any]:
-        from .tensorrt import tensorrt_backend_info
-
-        return tensorrt_backend_info(self.settings.attention_impl)
+        # TensorRT version, GPU architecture and plugin hash: probed once per build (they query the driver)
+        self.info = tensorrt_backend_info(settings.attention_impl)
 
     def build(self, export_dir: Path, export_manifest: dict[str, Any], out: Path) -> dict[str, Any]:
         from .tensorrt import TrtEngineFromOnnx, profile_shapes, text_token_ranges
 
         frames = self.settings.profile.latent_frames()
-        info = self.info()
+        info = self.info
         # timing caches are only valid for one TensorRT version on one GPU architecture
         cache = cache_root() / f"timing-trt{info.get('version')}-{info.get('architecture')}.cache"
         tokens = text_token_ranges(export_dir)
