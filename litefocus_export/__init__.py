@@ -14,6 +14,7 @@ _TORCH_API = {
     "LiteFocusConfig": "litefocus_export.attention.config",
     "dual_sparse_attention": "litefocus_export.attention.op",
     "patch": "litefocus_export.attention.patching",
+    "patch_unet": "litefocus_export.attention.patching",
     "unpatch": "litefocus_export.attention.patching",
     "patched": "litefocus_export.attention.patching",
     "litefocus_state": "litefocus_export.attention.patching",

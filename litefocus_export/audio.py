@@ -11,14 +11,24 @@ import numpy as np
 from .errors import UsageError
 
 
+def check_output_file(path: str | os.PathLike) -> Path:
+    """Fail early, in one line, when a WAV cannot be written to ``path`` (before any generation runs)."""
+    path = Path(path)
+    if not str(path) or path.is_dir():
+        raise UsageError(f"output {str(path)!r} is a folder, not a file name")
+    if not path.parent.is_dir():
+        raise UsageError(f"output folder does not exist: {path.parent}")
+    if not os.access(path.parent, os.W_OK):
+        raise UsageError(f"cannot write to {path.parent}: not writable")
+    return path
+
+
 def write_wav(path: str | os.PathLike, waveform: np.ndarray, sample_rate: int) -> Path:
     """Write a mono float32 waveform to ``path`` (a temp file renamed into place: never half-written)."""
     import soundfile
 
-    path = Path(path)
+    path = check_output_file(path)
     audio = np.asarray(waveform, dtype=np.float32).reshape(-1)
-    if not path.parent.exists():
-        raise UsageError(f"output folder does not exist: {path.parent}")
     try:
         fd, tmp = tempfile.mkstemp(suffix=".wav", dir=path.parent)
     except OSError as exc:

@@ -13,10 +13,13 @@ from pathlib import Path
 
 import click
 
+from .contract import DEFAULT_LEVELS, DEFAULT_SPARSE_RATIO, MIN_OPSET, check_levels, check_sparse_ratio
 from .errors import LiteFocusError, UsageError
+from .models.specs import DEFAULT_SPEC as DEFAULT_MODEL
+from .models.specs import check_spec
 
-DEFAULT_MODEL = "random:audioldm2-tiny"
 log = logging.getLogger("litefocus_export")
+DEFAULT_LEVELS_TEXT = ",".join(map(str, DEFAULT_LEVELS))
 
 
 class Group(click.Group):
@@ -52,9 +55,9 @@ def main(ctx: click.Context, debug: bool, quiet: bool) -> None:
 
 def attention_options(func):  # noqa: ANN001, ANN201
     """--attention / --sparse-ratio / --levels, shared by generate, export and build."""
-    func = click.option("--levels", default="8", show_default=True,
+    func = click.option("--levels", default=DEFAULT_LEVELS_TEXT, show_default=True,
                         help="Comma-separated latent widths (frequency bins) of the levels to patch.")(func)
-    func = click.option("--sparse-ratio", type=float, default=0.1, show_default=True,
+    func = click.option("--sparse-ratio", type=float, default=DEFAULT_SPARSE_RATIO, show_default=True,
                         help="Fraction of tokens sampled for cross-frequency compensation.")(func)
     func = click.option("--attention", type=click.Choice(["litefocus", "full"]), default="litefocus",
                         show_default=True, help="LiteFocus or the stock full attention.")(func)
@@ -94,28 +97,33 @@ def request_options(func):  # noqa: ANN001, ANN201
 def generate(backend, model, engines, attention, sparse_ratio, levels, prompt, seconds, steps, seed,  # noqa: ANN001
              guidance, negative_prompt, scheduler, out) -> None:
     """Generate audio from text with PyTorch or with built engines."""
-    from .audio import write_wav
+    from .audio import check_output_file, write_wav
     from .request import GenerationRequest
 
     backend = backend or ("engines" if engines else "torch")
     torch_only = {"--model": model != DEFAULT_MODEL, "--attention": attention != "litefocus",
-                  "--sparse-ratio": sparse_ratio != 0.1, "--levels": levels != "8"}
+                  "--sparse-ratio": sparse_ratio != DEFAULT_SPARSE_RATIO, "--levels": levels != DEFAULT_LEVELS_TEXT}
     if backend == "engines" and any(torch_only.values()):
         given = ", ".join(name for name, on in torch_only.items() if on)
         raise UsageError(f"{given}: fixed when the engines were built; give them to 'build', not 'generate --engines'")
+    if backend == "engines" and engines is None:
+        raise UsageError("--backend engines needs --engines DIR")
+    # every value is checked before a model or an engine loads
     request = GenerationRequest(prompt=prompt, seconds=seconds, steps=steps, seed=seed, guidance=guidance,
                                 negative_prompt=negative_prompt, scheduler=scheduler)
+    check_output_file(out)
     if backend == "torch":
-        from .models import load_pipeline
-        from .pytorch import generate_torch, pipeline_geometry
+        check_spec(model)
+        check_sparse_ratio(sparse_ratio)
+        parse_levels(levels)
+        from .models import load_pipeline, pipeline_geometry
+        from .pytorch import generate_torch
 
-        pipe = load_pipeline(model)
         config = litefocus_config(sparse_ratio, levels)
+        pipe = load_pipeline(model)
         waveform = generate_torch(pipe, request, attention=attention, config=config)
         sample_rate = pipeline_geometry(pipe).sample_rate
     else:
-        if engines is None:
-            raise UsageError("--backend engines needs --engines DIR")
         from .runtime import generate_from_engines
 
         waveform, sample_rate = generate_from_engines(engines, request)
@@ -125,12 +133,12 @@ def generate(backend, model, engines, attention, sparse_ratio, levels, prompt, s
 
 def parse_levels(levels: str) -> tuple[int, ...]:
     try:
-        return tuple(int(w) for w in levels.split(",") if w.strip())
-    except ValueError:
-        raise UsageError(f"--levels must be comma-separated integers, got {levels!r}") from None
+        return check_levels(tuple(int(w) for w in levels.split(",") if w.strip()))
+    except (ValueError, UsageError):
+        raise UsageError(f"--levels must be comma-separated positive integers, got {levels!r}") from None
 
 
-def export_settings(attention: str, sparse_ratio: float, levels: str, opset: int = 18, precision: str = "fp32",
+def export_settings(attention: str, sparse_ratio: float, levels: str, opset: int = MIN_OPSET, precision: str = "fp32",
                     stages: str | None = None, verify: bool = False):  # noqa: ANN201
     from .export import ExportSettings
 
@@ -143,7 +151,7 @@ def export_settings(attention: str, sparse_ratio: float, levels: str, opset: int
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Model spec or local diffusers folder.")
 @click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @attention_options
-@click.option("--opset", type=int, default=18, show_default=True)
+@click.option("--opset", type=int, default=MIN_OPSET, show_default=True)
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
 @click.option("--stages", default=None, help="Comma-separated stages (default: all of the pipeline).")
 @click.option("--verify", is_flag=True, help="Compare every stage with PyTorch on ONNX Runtime (CPU).")
@@ -175,7 +183,7 @@ def export_cmd(model, out, attention, sparse_ratio, levels, opset, precision, st
 def build(model, seconds, profile_text, backend, device, attention_impl, precision, attention, sparse_ratio,  # noqa: ANN001
           levels, out) -> None:
     """Export (cached) and build engines for one duration profile."""
-    from .build import BuildSettings, build_engines
+    from .backends.build import BuildSettings, build_engines
     from .profiles import DurationProfile
 
     if seconds and profile_text:
@@ -231,8 +239,9 @@ def inspect(folder) -> None:  # noqa: ANN001
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for noise, samples and UNet inputs.")
 @click.option("--threads", type=int, default=0, show_default=True,
               help="Intra-op threads for torch and ONNX Runtime (0: library default).")
-@click.option("--sparse-ratio", type=float, default=0.1, show_default=True, help="LiteFocus sampled fraction.")
-@click.option("--levels", default="8", show_default=True, help="Latent widths of the LiteFocus levels.")
+@click.option("--sparse-ratio", type=float, default=DEFAULT_SPARSE_RATIO, show_default=True,
+              help="LiteFocus sampled fraction.")
+@click.option("--levels", default=DEFAULT_LEVELS_TEXT, show_default=True, help="Latent widths of the LiteFocus levels.")
 @click.option("--engines-dir", type=click.Path(path_type=Path), default=None,
               help="Where engines are built (default: $LITEFOCUS_CACHE/report-engines).")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,

@@ -27,3 +27,10 @@ def first_line(exc: BaseException) -> str:
     """The first non-blank line of an exception's message (its type name when the message is empty)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[0] if lines else type(exc).__name__
+
+
+def check_choice(what: str, value: object, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices``, else a UsageError naming them."""
+    if value not in choices:
+        raise UsageError(f"{what} must be one of {', '.join(choices)}, got {value!r}")
+    return value  # type: ignore[return-value]

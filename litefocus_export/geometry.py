@@ -7,7 +7,9 @@ axes by 4, 64 mel bins. Token ``n = t * F + f`` inside attention (time-major).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import UsageError
 
@@ -50,6 +52,20 @@ class AudioGeometry:
         """Waveform length the pipelines trim their output to."""
         return int(check_seconds(seconds) * self.sample_rate)
 
+    @classmethod
+    def from_configs(cls, vocoder: Any, vae: Any) -> AudioGeometry:
+        """The geometry a pipeline has, from its vocoder and VAE configs (mappings or config objects).
+
+        The one place it is derived: sample rate and mel bins are the HiFi-GAN's, the hop is the product of
+        its upsample rates, and the VAE factor is the pipelines' ``2 ** (len(block_out_channels) - 1)``.
+        """
+        def get(config: Any, key: str) -> Any:
+            return config[key] if isinstance(config, Mapping) else getattr(config, key)
+
+        return cls(sample_rate=int(get(vocoder, "sampling_rate")),
+                   hop_length=int(math.prod(get(vocoder, "upsample_rates"))),
+                   vae_scale=2 ** (len(get(vae, "block_out_channels")) - 1),
+                   mel_bins=int(get(vocoder, "model_in_dim")))
 
 
 DEFAULT_GEOMETRY = AudioGeometry()

@@ -13,24 +13,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .geometry import AudioGeometry
 from .request import GenerationRequest, SchedulerName
 from .sampling import initial_noise, seeded_streams
 
 log = logging.getLogger(__name__)
 
 Attention = Literal["litefocus", "full"]
-
-
-def pipeline_geometry(pipe: Any) -> AudioGeometry:
-    """Audio geometry read off a pipeline's vocoder and VAE."""
-    vocoder = pipe.vocoder.config
-    return AudioGeometry(
-        sample_rate=int(vocoder.sampling_rate),
-        hop_length=int(np.prod(vocoder.upsample_rates)),
-        vae_scale=int(pipe.vae_scale_factor),
-        mel_bins=int(vocoder.model_in_dim),
-    )
 
 
 def use_scheduler(pipe: Any, name: SchedulerName) -> None:
@@ -53,6 +41,7 @@ def generate_torch(
     import torch
 
     from .attention import LiteFocusConfig, RandomSamples, patched
+    from .models import pipeline_geometry
 
     geometry = pipeline_geometry(pipe)
     noise_rng, samples_rng = seeded_streams(request.seed)

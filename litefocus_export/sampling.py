@@ -18,9 +18,12 @@ def num_samples(n_tokens: int, sparse_ratio: float) -> int:
     return int(math.floor(n_tokens * sparse_ratio + 1e-9))
 
 
-def draw_sample_index(rng: np.random.Generator, n_tokens: int, sparse_ratio: float) -> np.ndarray:
-    """One layer's sample: ``M`` distinct token indices in ``[0, n_tokens)``, int64, random order."""
-    m = num_samples(n_tokens, sparse_ratio)
+def draw_sample_index(rng: np.random.Generator, n_tokens: int, sparse_ratio: float, *, minimum: int = 0) -> np.ndarray:
+    """One layer's sample: ``M`` distinct token indices in ``[0, n_tokens)``, int64, random order.
+
+    ``minimum`` raises ``M`` (up to ``n_tokens``): example inputs for tracing need at least 2.
+    """
+    m = min(max(num_samples(n_tokens, sparse_ratio), minimum), n_tokens)
     if m == 0:
         return np.zeros((0,), dtype=np.int64)
     return rng.choice(n_tokens, size=m, replace=False).astype(np.int64)

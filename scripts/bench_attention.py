@@ -11,41 +11,37 @@ import json
 import subprocess
 import sys
 import time
-from types import SimpleNamespace
 
 from litefocus_export.report.measure import peak_rss_mb  # VmHWM: ru_maxrss keeps the parent's peak
 
 IMPLS = ("stock", "litefocus-fast", "litefocus-reference")
+MODEL = "random:audioldm2"
 
 
 def one_forward(seconds: float, impl: str, threads: int, repeats: int) -> dict:
     import torch
 
-    from litefocus_export.attention import LiteFocusConfig, patch
-    from litefocus_export.geometry import latent_frames
-    from litefocus_export.models import load_unet
+    from litefocus_export.attention import LiteFocusConfig, patch_unet
+    from litefocus_export.contract import example_unet_feeds, unet_call_arguments, unet_inputs
+    from litefocus_export.models import load_unet, model_facts
 
     torch.set_num_threads(threads)
-    unet = load_unet("random:audioldm2")
-    # patch() reads F_lat off the vocoder and VAE: give it the real pipeline's geometry without building them
-    pipe = SimpleNamespace(unet=unet, vocoder=SimpleNamespace(config=SimpleNamespace(model_in_dim=64)),
-                           vae_scale_factor=4)
+    facts = model_facts(MODEL)
+    unet = load_unet(MODEL)
     if impl != "stock":
-        patch(pipe, LiteFocusConfig())
+        patch_unet(unet, LiteFocusConfig(), freq_bins=facts.geometry.latent_freq_bins, context_free=facts.context_free)
         for proc in unet.attn_processors.values():
             if hasattr(proc, "impl"):
                 proc.impl = "reference" if impl.endswith("reference") else "op"
-    gen = torch.Generator().manual_seed(0)
-    frames = latent_frames(seconds)
-    sample = torch.randn(2, 8, frames, 16, generator=gen)
-    cond = dict(encoder_hidden_states=torch.randn(2, 8, 768, generator=gen),
-                encoder_hidden_states_1=torch.randn(2, 64, 1024, generator=gen),
-                encoder_attention_mask_1=torch.ones(2, 64, dtype=torch.int64))
+    frames = facts.geometry.latent_frames(seconds)
+    feeds = example_unet_feeds(unet_inputs(facts.kind, facts.unet_config, facts.geometry.latent_freq_bins), frames,
+                               seed=0)
+    sample, timestep, kwargs = unet_call_arguments({k: torch.from_numpy(v) for k, v in feeds.items()})
     times = []
     with torch.inference_mode():
         for _ in range(repeats):
             start = time.perf_counter()
-            unet(sample, torch.tensor([500, 500]), **cond, return_dict=False)
+            unet(sample, timestep, **kwargs, return_dict=False)
             times.append(time.perf_counter() - start)
     rss = peak_rss_mb()
     return {"seconds": seconds, "impl": impl, "forward_s": min(times), "peak_rss_mb": rss, "frames": frames}

@@ -19,20 +19,23 @@ from litefocus_export.report.measure import peak_rss_mb  # VmHWM: ru_maxrss keep
 
 def time_engine(folder: str, seconds: float, threads: int, raw: bool) -> dict:
     """One UNet step on the engine folder, or (``raw``) on the un-optimised export it was built from."""
-    from litefocus_export.geometry import latent_frames
+    from litefocus_export.backends.onnxruntime import OrtStage
+    from litefocus_export.contract import UNET, example_unet_feeds
     from litefocus_export.runtime import EngineFolder
-    from litefocus_export.runtime.engine import OrtStage
-    from litefocus_export.runtime.sampler import example_unet_feeds
 
     engines = EngineFolder(folder, threads=threads)
+    unet = engines.stage(UNET)
+    frames = engines.geometry.latent_frames(seconds)
+    feeds = example_unet_feeds(unet["inputs"], frames, seed=0, layers=unet.get("litefocus_layers", []),
+                               sparse_ratio=engines.sparse_ratio)
     if raw:
         export = engines.manifest["export"]["folder"]
-        engines._runners["unet"] = OrtStage(Path(export) / "unet.onnx", ["CPUExecutionProvider"], threads)
-    feeds = example_unet_feeds(engines.stage("unet"), latent_frames(seconds), seed=0,
-                               sparse_ratio=engines.manifest["litefocus"]["sparse_ratio"])
-    engines.run("unet", feeds)  # warm-up: session creation and first-run allocations
+        run = OrtStage(Path(export) / unet["file"], threads=threads)
+    else:
+        run = engines.runner(UNET)
+    run(feeds)  # warm-up: session creation and first-run allocations
     start = time.perf_counter()
-    engines.run("unet", feeds)
+    run(feeds)
     return {"variant": "raw-onnx" if raw else "engine", "step_s": time.perf_counter() - start}
 
 
@@ -48,7 +51,7 @@ def main() -> None:
         result["peak_rss_mb"] = peak_rss_mb()
         print(json.dumps(result))
         return
-    from litefocus_export.build import BuildSettings, build_engines
+    from litefocus_export.backends.build import BuildSettings, build_engines
     from litefocus_export.export import ExportSettings
     from litefocus_export.profiles import DurationProfile
 

@@ -40,19 +40,35 @@ def tiny_pipeline_factory() -> Callable[..., Any]:
     return factory
 
 
+@pytest.fixture(autouse=True, scope="session")
+def litefocus_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One export/engine cache for the whole session: every test that builds shares its exports (CI runs at
+    most 4 UNet exports: the tiny AudioLDM2 with LiteFocus and with full attention, AudioLDM, MusicLDM)."""
+    cache = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("LITEFOCUS_CACHE", str(cache))
+        yield cache
+
+
 @pytest.fixture(scope="session")
-def tiny_build(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def tiny_build(tmp_path_factory: pytest.TempPathFactory, litefocus_cache: Any) -> Any:
     """The default model exported (with --verify) and built for ONNX Runtime CPU at a 1-80 s profile, once.
 
-    Returns ``(engine folder, export folder, settings)``; the export cache lives in a session temp folder.
+    Returns ``(engine folder, export folder, settings)``; the export lives in the session cache.
     """
-    from litefocus_export.build import BuildSettings, build_engines, cached_export
+    from litefocus_export.backends.build import BuildSettings, build_engines, cached_export
     from litefocus_export.export import ExportSettings
     from litefocus_export.profiles import DurationProfile
 
-    root = tmp_path_factory.mktemp("build")
-    with pytest.MonkeyPatch.context() as env:  # the export cache of this session, restored at its end
-        env.setenv("LITEFOCUS_CACHE", str(root / "cache"))
-        settings = BuildSettings(profile=DurationProfile.for_seconds(80), export=ExportSettings(verify=True))
-        engines = build_engines(settings, root / "engines")
-        yield engines, cached_export(settings), settings
+    settings = BuildSettings(profile=DurationProfile.for_seconds(80), export=ExportSettings(verify=True))
+    engines = build_engines(settings, tmp_path_factory.mktemp("build") / "engines")
+    return engines, cached_export(settings), settings
+
+
+@pytest.fixture(scope="session")
+def tiny_full_export(litefocus_cache: Any) -> Any:
+    """The default model exported with full attention (every stage, verified), in the session cache."""
+    from litefocus_export.backends.build import BuildSettings, cached_export
+    from litefocus_export.export import ExportSettings
+
+    return cached_export(BuildSettings(export=ExportSettings(attention="full", verify=True)))

@@ -2,7 +2,7 @@
 
 from .config import LiteFocusConfig
 from .op import dual_sparse_attention
-from .patching import litefocus_state, patch, patched, unpatch
+from .patching import litefocus_state, patch, patch_unet, patched, unpatch
 from .samples import QueuedSamples, RandomSamples, SampleSource
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "dual_sparse_attention",
     "litefocus_state",
     "patch",
+    "patch_unet",
     "patched",
     "unpatch",
 ]

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..contract import DEFAULT_LEVELS, DEFAULT_SPARSE_RATIO, check_levels, check_sparse_ratio
 from ..errors import UsageError
-
-DEFAULT_LEVELS = (8,)
 
 
 @dataclass(frozen=True)
@@ -25,19 +24,15 @@ class LiteFocusConfig:
 
     same_frequency: bool = True
     cross_frequency: bool = True
-    sparse_ratio: float = 0.1
+    sparse_ratio: float = DEFAULT_SPARSE_RATIO
     levels: tuple[int, ...] = field(default=DEFAULT_LEVELS)
     seed: int | None = 0
 
     def __post_init__(self) -> None:
         if not (self.same_frequency or self.cross_frequency):
             raise UsageError("LiteFocus needs same_frequency or cross_frequency (both are off)")
-        if not 0.0 <= float(self.sparse_ratio) <= 1.0:
-            raise UsageError(f"sparse_ratio must be in [0, 1], got {self.sparse_ratio}")
-        levels = tuple(int(w) for w in self.levels)
-        if not levels or any(w <= 0 for w in levels):
-            raise UsageError(f"levels must be positive latent widths, got {self.levels!r}")
-        object.__setattr__(self, "levels", levels)
+        object.__setattr__(self, "sparse_ratio", check_sparse_ratio(self.sparse_ratio))
+        object.__setattr__(self, "levels", check_levels(self.levels))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -16,16 +16,10 @@ from onnxscript import FLOAT, INT64, script
 from onnxscript import opset18 as op
 from onnxscript.values import Op, Opset
 
+from ..contract import MIN_OPSET, OP_DOMAIN, OP_DOMAIN_VERSION, OP_TYPE, PLUGIN_NAMESPACE
 from ..errors import ExportError
 
-DOMAIN = "ai.litefocus"
-OP_TYPE = "DualSparseAttention"
-DOMAIN_VERSION = 1
-# TensorRT plugin namespaces may not contain dots (plugins/tensorrt).
-PLUGIN_NAMESPACE = "litefocus"
-# Ops in the body are unchanged since opset 13; the torch exporter itself needs 18.
-MIN_OPSET = 18
-litefocus = Opset(DOMAIN, DOMAIN_VERSION)
+litefocus = Opset(OP_DOMAIN, OP_DOMAIN_VERSION)
 
 
 @script(litefocus, default_opset=op)
@@ -79,10 +73,10 @@ def function_proto(opset: int) -> onnx.FunctionProto:
 def attach_function(model: onnx.ModelProto) -> onnx.ModelProto:
     """Add the function body and the custom domain's opset import to ``model`` (idempotent)."""
     opset = next(e.version for e in model.opset_import if e.domain in ("", "ai.onnx"))
-    if not any(f.domain == DOMAIN and f.name == OP_TYPE for f in model.functions):
+    if not any(f.domain == OP_DOMAIN and f.name == OP_TYPE for f in model.functions):
         model.functions.append(function_proto(opset))
-    if not any(e.domain == DOMAIN for e in model.opset_import):
-        model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+    if not any(e.domain == OP_DOMAIN for e in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(OP_DOMAIN, OP_DOMAIN_VERSION))
     return model
 
 
@@ -91,7 +85,7 @@ def register_schema() -> OpSchema:
     """Register the op's schema with onnx (once), so onnxscript and the checker know its signature."""
     flag = onnx.helper.make_attribute
     schema = OpSchema(
-        OP_TYPE, DOMAIN, DOMAIN_VERSION,
+        OP_TYPE, OP_DOMAIN, OP_DOMAIN_VERSION,
         doc=DualSparseAttention.__doc__ or "",
         inputs=[OpSchema.FormalParameter(n, "T") for n in ("q", "k", "v")]
         + [OpSchema.FormalParameter("sample_index", "tensor(int64)")],
@@ -106,7 +100,7 @@ def register_schema() -> OpSchema:
                                "TensorRT plugin namespace"),
         ],
     )
-    if not onnx.defs.has(OP_TYPE, DOMAIN):
+    if not onnx.defs.has(OP_TYPE, OP_DOMAIN):
         onnx.defs.register_schema(schema)
     return schema
 
@@ -118,7 +112,7 @@ def translate_op(q, k, v, sample_index, freq_bins: int, scale: float, same_frequ
     model-local function they see, and the node must stay a node.
     """
     register_schema()
-    node = Op(litefocus, OP_TYPE, onnx.defs.get_schema(OP_TYPE, DOMAIN_VERSION, DOMAIN))
+    node = Op(litefocus, OP_TYPE, onnx.defs.get_schema(OP_TYPE, OP_DOMAIN_VERSION, OP_DOMAIN))
     return node(q, k, v, sample_index, freq_bins=int(freq_bins), scale=float(scale),
                 same_frequency=int(same_frequency), cross_frequency=int(cross_frequency),
                 plugin_namespace=PLUGIN_NAMESPACE)
@@ -128,11 +122,11 @@ def make_node(inputs: list[str], output: str, *, freq_bins: int, scale: float, s
               cross_frequency: bool, name: str = "") -> onnx.NodeProto:
     """One ``ai.litefocus::DualSparseAttention`` node with the contract's attributes."""
     return onnx.helper.make_node(
-        OP_TYPE, inputs, [output], name=name, domain=DOMAIN, freq_bins=int(freq_bins), scale=float(scale),
+        OP_TYPE, inputs, [output], name=name, domain=OP_DOMAIN, freq_bins=int(freq_bins), scale=float(scale),
         same_frequency=int(same_frequency), cross_frequency=int(cross_frequency),
         plugin_namespace=PLUGIN_NAMESPACE,
     )
 
 
-__all__ = ["DOMAIN", "OP_TYPE", "FLOAT", "DualSparseAttention", "attach_function", "function_proto", "make_node",
+__all__ = ["FLOAT", "DualSparseAttention", "attach_function", "function_proto", "make_node",
            "register_schema", "translate_op"]

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import onnx
 from onnx import helper
 
-from .onnx_function import DOMAIN, OP_TYPE
+from ..contract import OP_DOMAIN, OP_TYPE
 
 CONTRIB_DOMAIN = "com.microsoft"
 
@@ -109,7 +109,7 @@ def lower_to_multihead_attention(model: onnx.ModelProto,
     (the others keep the function body); returns how many."""
     nodes, lowered = [], 0
     for node in model.graph.node:
-        if node.domain == DOMAIN and node.op_type == OP_TYPE and accept(node):
+        if node.domain == OP_DOMAIN and node.op_type == OP_TYPE and accept(node):
             nodes.extend(multihead_attention_nodes(node))
             lowered += 1
         else:

@@ -14,14 +14,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from ..contract import CONTEXT_FREE_KINDS
 from ..errors import UsageError
 from ..geometry import level_width
 from .config import LiteFocusConfig
 from .processor import LiteFocusAttnProcessor
 from .samples import RandomSamples, SampleSource
 
-# Pipelines whose UNet never sees a text context: their attn2 layers are self-attention too.
-CONTEXT_FREE_PIPELINES = ("AudioLDMPipeline", "MusicLDMPipeline")
 _STATE_ATTR = "_litefocus_state"
 _BLOCK = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.|^(mid_block)\.")
 _STAGE_ORDER = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
@@ -32,6 +31,10 @@ class PatchedLayer:
     name: str
     level: int  # UNet resolution level: 0 = full latent resolution
     freq_bins: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """As export manifests list patched layers (``litefocus_layers``): name, level, width."""
+        return {"name": self.name, "level": self.level, "width": self.freq_bins}
 
 
 @dataclass
@@ -51,12 +54,7 @@ class LiteFocusState:
             processor.samples = samples
 
 
-def latent_freq_bins(pipe: Any) -> int:
-    """``F_lat`` of a pipeline: mel bins of its vocoder over the VAE factor (64 / 4 = 16)."""
-    return int(pipe.vocoder.config.model_in_dim) // int(pipe.vae_scale_factor)
-
-
-def _level_of(name: str, num_levels: int) -> tuple[int, int] | None:
+def block_level(name: str, num_levels: int) -> tuple[int, int] | None:
     """(execution stage, resolution level) of a UNet module name, or None outside the blocks."""
     match = _BLOCK.match(name)
     if not match:
@@ -79,7 +77,7 @@ def find_self_attention_layers(
     for order, (name, module) in enumerate(unet.named_modules()):
         if not isinstance(module, Attention):
             continue
-        place = _level_of(name, num_levels)
+        place = block_level(name, num_levels)
         if place is None:
             continue
         stage, level = place
@@ -94,8 +92,7 @@ def patch(pipe: Any, config: LiteFocusConfig | None = None, samples: SampleSourc
     """Install LiteFocus on every self-attention of ``pipe.unet`` at ``config.levels``.
 
     Args:
-        pipe: an AudioLDM2Pipeline, AudioLDMPipeline or MusicLDMPipeline (anything with ``unet``,
-            ``vocoder`` and ``vae_scale_factor``).
+        pipe: an AudioLDM2Pipeline, AudioLDMPipeline or MusicLDMPipeline.
         config: settings (default ``LiteFocusConfig()``).
         samples: where layers take their samples from (default: drawn from ``config.seed``).
 
@@ -103,14 +100,35 @@ def patch(pipe: Any, config: LiteFocusConfig | None = None, samples: SampleSourc
         Qualified names (as in ``pipe.unet.named_modules()``) of the patched layers, in execution order.
 
     Raises:
+        UsageError: not a supported pipeline, or no self-attention exists at the requested levels.
+    """
+    from ..models import pipeline_geometry, pipeline_kind
+
+    context_free = pipeline_kind(pipe) in CONTEXT_FREE_KINDS
+    return patch_unet(pipe.unet, config, samples, freq_bins=pipeline_geometry(pipe).latent_freq_bins,
+                      context_free=context_free)
+
+
+def patch_unet(unet: Any, config: LiteFocusConfig | None = None, samples: SampleSource | None = None, *,
+               freq_bins: int, context_free: bool) -> list[str]:
+    """Install LiteFocus on a UNet alone (what ``patch`` does once it knows the pipeline).
+
+    Args:
+        unet: a diffusers UNet.
+        config, samples: as for ``patch``.
+        freq_bins: the latent's frequency bins ``F_lat`` (``AudioGeometry.latent_freq_bins``).
+        context_free: whether the UNet is called without text context (AudioLDM, MusicLDM), so its
+            ``attn2`` layers are self-attention too.
+
+    Returns:
+        The patched layers' qualified names, in execution order.
+
+    Raises:
         UsageError: no self-attention exists at the requested levels.
     """
     config = config or LiteFocusConfig()
-    if litefocus_state(pipe) is not None:
-        unpatch(pipe)
-    unet = pipe.unet
-    freq_bins = latent_freq_bins(pipe)
-    context_free = type(pipe).__name__ in CONTEXT_FREE_PIPELINES
+    if litefocus_state(unet) is not None:
+        unpatch(unet)
     layers = find_self_attention_layers(unet, freq_bins, config.levels, context_free)
     if not layers:
         raise UsageError(f"no self-attention at latent widths {list(config.levels)} in this UNet")
@@ -127,14 +145,18 @@ def patch(pipe: Any, config: LiteFocusConfig | None = None, samples: SampleSourc
 
 
 def unpatch(pipe: Any) -> None:
-    """Restore the exact processor objects that were there before ``patch`` (no-op if unpatched)."""
+    """Restore the exact processor objects that were there before ``patch`` (no-op if unpatched).
+
+    ``pipe`` is a pipeline or a bare UNet patched with ``patch_unet``.
+    """
     state = litefocus_state(pipe)
     if state is None:
         return
-    modules = dict(pipe.unet.named_modules())
+    unet = getattr(pipe, "unet", pipe)
+    modules = dict(unet.named_modules())
     for name, original in state.originals.items():
         modules[name].set_processor(original)
-    delattr(pipe.unet, _STATE_ATTR)
+    delattr(unet, _STATE_ATTR)
 
 
 def litefocus_state(pipe: Any) -> LiteFocusState | None:

@@ -11,52 +11,76 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import ExportError, UsageError, first_line
+from ..contract import (
+    ALL_STAGES,
+    DEFAULT_LEVELS,
+    DEFAULT_SPARSE_RATIO,
+    MIN_OPSET,
+    check_levels,
+    check_sparse_ratio,
+    select_stages,
+)
+from ..errors import ExportError, UsageError, check_choice, first_line
 
 log = logging.getLogger(__name__)
 
-STAGES = {
-    "audioldm2": ("unet", "text_encoder", "text_encoder_2", "projection_model", "language_model",
-                  "vae_decoder", "vocoder"),
-    "audioldm": ("unet", "text_encoder", "vae_decoder", "vocoder"),
-    "musicldm": ("unet", "text_encoder", "vae_decoder", "vocoder"),
-}
-ALL_STAGES = tuple(dict.fromkeys(s for stages in STAGES.values() for s in stages))
 # fp16: ops whose range or accumulation needs fp32 stay fp32 (norms, softmax, exp/log and the attention op,
 # whose body holds a softmax; a fused runtime kernel can still run it in fp16 with fp32 accumulation)
 FP16_KEEP_FP32 = ["Softmax", "LayerNormalization", "GroupNormalization", "InstanceNormalization", "ReduceMean",
                   "Pow", "Sqrt", "Exp", "Log", "DualSparseAttention", "Resize", "Range"]
 
 
+# what an export folder holds and how: part of the export cache key, so a change re-exports
+# (2: scheduler_config.json keeps diffusers' _use_default_values)
+EXPORT_FORMAT = 2
+ATTENTIONS = ("litefocus", "full")
+PRECISIONS = ("fp32", "fp16")
+
+
 @dataclass(frozen=True)
 class ExportSettings:
-    """How to export. ``stages=None`` exports every stage of the pipeline."""
+    """How to export; checked when constructed, so a bad value costs no model load.
+
+    Args:
+        attention: ``"litefocus"`` (the UNet with DualSparseAttention nodes) or ``"full"`` (stock).
+        sparse_ratio: LiteFocus sampled fraction, in [0, 1].
+        levels: latent widths of the patched levels.
+        opset: ONNX opset, at least ``MIN_OPSET``.
+        precision: ``"fp32"`` or ``"fp16"`` (the UNet; other stages stay fp32).
+        stages: a subset of the pipeline's stages (None: all).
+        verify: compare every stage with PyTorch on ONNX Runtime after exporting.
+
+    Raises:
+        UsageError: any value outside its range or choices.
+    """
 
     attention: Literal["litefocus", "full"] = "litefocus"
-    sparse_ratio: float = 0.1
-    levels: tuple[int, ...] = (8,)
-    opset: int = 18
+    sparse_ratio: float = DEFAULT_SPARSE_RATIO
+    levels: tuple[int, ...] = DEFAULT_LEVELS
+    opset: int = MIN_OPSET
     precision: Literal["fp32", "fp16"] = "fp32"
     stages: tuple[str, ...] | None = None
     verify: bool = False
 
     def __post_init__(self) -> None:
-        from ..attention.onnx_function import MIN_OPSET
-
-        if self.attention not in ("litefocus", "full"):
-            raise UsageError(f"attention must be litefocus or full, got {self.attention!r}")
-        if self.precision not in ("fp32", "fp16"):
-            raise UsageError(f"precision must be fp32 or fp16, got {self.precision!r}")
-        if self.opset < MIN_OPSET:
-            raise UsageError(f"opset {self.opset} is too old: the DualSparseAttention body needs opset >= {MIN_OPSET}")
-        unknown = [s for s in self.stages or () if s not in ALL_STAGES]
-        if unknown:
-            raise UsageError(f"unknown stage {unknown[0]!r}; stages: {', '.join(ALL_STAGES)}")
+        check_choice("attention", self.attention, ATTENTIONS)
+        check_choice("precision", self.precision, PRECISIONS)
+        object.__setattr__(self, "sparse_ratio", check_sparse_ratio(self.sparse_ratio))
+        object.__setattr__(self, "levels", check_levels(self.levels))
+        if not isinstance(self.opset, int) or isinstance(self.opset, bool) or self.opset < MIN_OPSET:
+            raise UsageError(f"opset {self.opset!r} is too old: the DualSparseAttention body needs opset >= "
+                             f"{MIN_OPSET}")
+        if self.stages is not None:
+            if not self.stages:
+                raise UsageError(f"give at least one stage; stages: {', '.join(ALL_STAGES)}")
+            unknown = [s for s in self.stages if s not in ALL_STAGES]
+            if unknown:
+                raise UsageError(f"unknown stage {unknown[0]!r}; stages: {', '.join(ALL_STAGES)}")
+            object.__setattr__(self, "stages", tuple(self.stages))
 
     def litefocus_config(self):  # noqa: ANN201
         from ..attention.config import LiteFocusConfig
@@ -73,16 +97,6 @@ def check_output_folder(out_dir: Path) -> None:
         raise UsageError(f"cannot write to {out_dir}: {parent} exists and is not a folder")
     if not os.access(parent, os.W_OK):
         raise UsageError(f"cannot write to {out_dir}: {parent} is not writable")
-
-
-def stages_for(kind: str, requested: Sequence[str] | None) -> list[str]:
-    valid = STAGES[kind]
-    if requested is None:
-        return list(valid)
-    missing = [s for s in requested if s not in valid]
-    if missing:
-        raise UsageError(f"stage {missing[0]!r} does not exist in a {kind} pipeline; stages: {', '.join(valid)}")
-    return list(requested)
 
 
 def replace_folder(tmp: Path, out_dir: Path) -> None:
@@ -119,8 +133,7 @@ def export_pipeline(spec: str, out_dir: str | os.PathLike, settings: ExportSetti
         ExportError: the export itself failed or broke the custom-op contract.
     """
     from ..manifest import tool_versions, write_manifest
-    from ..models import load_pipeline, pipeline_kind, spec_fingerprint
-    from ..pytorch import pipeline_geometry
+    from ..models import load_pipeline, pipeline_geometry, pipeline_kind, spec_fingerprint
     from .stages import export_stages
     from .unet import export_unet
 
@@ -129,7 +142,7 @@ def export_pipeline(spec: str, out_dir: str | os.PathLike, settings: ExportSetti
     check_output_folder(out_dir)
     pipe = load_pipeline(spec)
     kind = pipeline_kind(pipe)
-    stages = stages_for(kind, settings.stages)
+    stages = select_stages(kind, settings.stages)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:

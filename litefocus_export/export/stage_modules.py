@@ -16,9 +16,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..contract import (
+    AUDIO_SAMPLES,
+    BATCH,
+    DECODE_STAGES,
+    LATENT_FRAMES,
+    LM_TOKENS,
+    MEL_FRAMES,
+    TEXT_STAGES,
+    TEXT_TOKENS,
+)
 from ..errors import UsageError
-from ..runtime.conditioning import TEXT_STAGES
-from ..runtime.decode import DECODE_STAGES
+from ..models import pipeline_geometry
 
 Exporter = Literal["torchscript", "dynamo"]
 Axes = dict[int, str]
@@ -164,14 +173,13 @@ def _language_model_inputs(
 
 
 def _latent_inputs(pipe: Any, batch: int, length: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
-    channels = pipe.vae.config.latent_channels
-    bins = int(pipe.vocoder.config.model_in_dim) // int(pipe.vae_scale_factor)
-    return {"latents": torch.randn(batch, channels, length, bins, generator=gen)}
+    bins = pipeline_geometry(pipe).latent_freq_bins
+    return {"latents": torch.randn(batch, pipe.vae.config.latent_channels, length, bins, generator=gen)}
 
 
 def _mel_inputs(pipe: Any, batch: int, length: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
-    frames = length * int(pipe.vae_scale_factor)
-    return {"mel": torch.randn(batch, 1, frames, int(pipe.vocoder.config.model_in_dim), generator=gen)}
+    geometry = pipeline_geometry(pipe)
+    return {"mel": torch.randn(batch, 1, length * geometry.vae_scale, geometry.mel_bins, generator=gen)}
 
 
 @dataclass(frozen=True)
@@ -193,8 +201,8 @@ class StageSpec:
 
 
 _TOKENS: dict[str, Axes] = {
-    "input_ids": {0: "batch", 1: "text_tokens"},
-    "attention_mask": {0: "batch", 1: "text_tokens"},
+    "input_ids": {0: BATCH, 1: TEXT_TOKENS},
+    "attention_mask": {0: BATCH, 1: TEXT_TOKENS},
 }
 
 
@@ -208,7 +216,7 @@ def _text_encoder_spec(kind: str) -> StageSpec:
         module,
         lambda p, b, n, g: _token_inputs(_clap_text_config(p), b, n, g),
         _TOKENS,
-        {"text_embeds": {0: "batch"}},
+        {"text_embeds": {0: BATCH}},
     )
 
 
@@ -218,43 +226,43 @@ _COMMON: dict[str, StageSpec] = {
         lambda pipe: T5Hidden(pipe.text_encoder_2),
         lambda p, b, n, g: _token_inputs(p.text_encoder_2.config, b, n, g),
         _TOKENS,
-        {"last_hidden_state": {0: "batch", 1: "text_tokens"}},
+        {"last_hidden_state": {0: BATCH, 1: TEXT_TOKENS}},
     ),
     "projection_model": StageSpec(
         "projection_model",
         lambda pipe: Projection(pipe.projection_model),
         _projection_inputs,
         {
-            "hidden_states": {0: "batch"},
-            "hidden_states_1": {0: "batch", 1: "text_tokens"},
-            "attention_mask": {0: "batch"},
-            "attention_mask_1": {0: "batch", 1: "text_tokens"},
+            "hidden_states": {0: BATCH},
+            "hidden_states_1": {0: BATCH, 1: TEXT_TOKENS},
+            "attention_mask": {0: BATCH},
+            "attention_mask_1": {0: BATCH, 1: TEXT_TOKENS},
         },
         {
-            "projected_hidden_states": {0: "batch", 1: "lm_tokens"},
-            "projected_attention_mask": {0: "batch", 1: "lm_tokens"},
+            "projected_hidden_states": {0: BATCH, 1: LM_TOKENS},
+            "projected_attention_mask": {0: BATCH, 1: LM_TOKENS},
         },
     ),
     "language_model": StageSpec(
         "language_model",
         lambda pipe: LanguageModelStep(pipe.language_model),
         _language_model_inputs,
-        {"inputs_embeds": {0: "batch", 1: "lm_tokens"}, "attention_mask": {0: "batch", 1: "lm_tokens"}},
-        {"next_hidden_state": {0: "batch"}},
+        {"inputs_embeds": {0: BATCH, 1: LM_TOKENS}, "attention_mask": {0: BATCH, 1: LM_TOKENS}},
+        {"next_hidden_state": {0: BATCH}},
     ),
     "vae_decoder": StageSpec(
         "vae_decoder",
         lambda pipe: VaeDecoder(pipe.vae),
         _latent_inputs,
-        {"latents": {0: "batch", 2: "latent_frames"}},
-        {"mel": {0: "batch", 2: "mel_frames"}},
+        {"latents": {0: BATCH, 2: LATENT_FRAMES}},
+        {"mel": {0: BATCH, 2: MEL_FRAMES}},
     ),
     "vocoder": StageSpec(
         "vocoder",
         lambda pipe: Vocoder(pipe.vocoder),
         _mel_inputs,
-        {"mel": {0: "batch", 2: "mel_frames"}},
-        {"waveform": {0: "batch", 1: "samples"}},
+        {"mel": {0: BATCH, 2: MEL_FRAMES}},
+        {"waveform": {0: BATCH, 1: AUDIO_SAMPLES}},
     ),
 }
 

@@ -25,9 +25,9 @@ import numpy as np
 import onnx
 import torch
 
+from ..contract import MAX_NEW_TOKENS_KEY, select_stages
 from ..errors import ExportError, UsageError, first_line
 from ..models import pipeline_kind
-from ..runtime.conditioning import MAX_NEW_TOKENS_KEY
 from .stage_modules import Exporter, StageSpec, stage_names, stage_spec
 
 log = logging.getLogger(__name__)
@@ -36,18 +36,6 @@ PRECISIONS = ("fp32", "fp16")
 EXAMPLE_BATCH, EXAMPLE_LENGTH = 2, 9  # export trace (batch 2 avoids the exporters' size-1 specialisation)
 VERIFY_BATCH, VERIFY_LENGTH = 3, 6  # other sizes, so a trace that baked a shape fails verification
 _LARGE_BYTES = 1_800_000_000  # protobuf's limit is 2 GiB; leave room for the graph
-
-
-def _selected(kind: str, stages: list[str] | None) -> list[str]:
-    valid = stage_names(kind)
-    if stages is None:
-        return list(valid)
-    unknown = [s for s in stages if s not in valid]
-    if unknown:
-        raise UsageError(
-            f"unknown stage(s) {', '.join(map(repr, unknown))} for {kind}; valid stages: {', '.join(valid)}"
-        )
-    return [s for s in valid if s in stages]
 
 
 def export_stages(
@@ -74,7 +62,7 @@ def export_stages(
         UsageError: unknown stage or precision. ExportError: a stage failed to export or check.
     """
     kind = pipeline_kind(pipe)
-    selected = _selected(kind, stages)
+    selected = select_stages(kind, stages, choices=stage_names(kind))
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
     if precision != "fp32":
@@ -86,7 +74,17 @@ def export_stages(
 
 
 def save_side_files(pipe: Any, out_dir: Path) -> None:
-    """Tokenizers (``tokenizer.json`` is what the runtime reads) and the scheduler config."""
+    """Tokenizers (``tokenizer.json`` is what the runtime reads) and the scheduler config.
+
+    ``scheduler_config.json`` is diffusers' ``save_config`` plus the ``_use_default_values`` list it drops
+    (empty when no argument was defaulted, so its presence marks a folder made since): the keys the
+    pipeline's scheduler took from its class's defaults. diffusers' ``from_config`` re-defaults them when
+    it converts the scheduler (DDIM -> DPM-Solver++ in ``generate --scheduler dpm``), and so does the runtime.
+    """
+    import json
+
+    from ..runtime.schedulers import USE_DEFAULT_VALUES
+
     for name in ("tokenizer", "tokenizer_2"):
         tokenizer = getattr(pipe, name, None)
         if tokenizer is None:
@@ -98,6 +96,10 @@ def save_side_files(pipe: Any, out_dir: Path) -> None:
                 "the runtime needs a fast (tokenizers-backed) tokenizer"
             )
     pipe.scheduler.save_config(out_dir)
+    path = out_dir / pipe.scheduler.config_name
+    config = json.loads(path.read_text())
+    config[USE_DEFAULT_VALUES] = sorted(pipe.scheduler.config.get(USE_DEFAULT_VALUES) or ())
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _metadata(pipe: Any, kind: str, name: str) -> dict[str, str]:

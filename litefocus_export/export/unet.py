@@ -1,6 +1,6 @@
 """UNet -> ONNX with every LiteFocus layer as one ``ai.litefocus::DualSparseAttention`` node.
 
-DESIGN.md §2: inputs are named after the diffusers UNet forward arguments, plus one
+DESIGN.md §2 (``contract.unet_inputs``): inputs are named after the diffusers UNet forward arguments, plus one
 ``litefocus_index_<width>`` int64 ``(L, M)`` input per patched level (row l: the l-th patched layer of
 that level in execution order). Batch and latent time are dynamic, so one file serves every duration.
 """
@@ -20,12 +20,20 @@ import torch
 import torch.nn.functional as F
 
 from ..attention.config import LiteFocusConfig
-from ..attention.onnx_function import DOMAIN, OP_TYPE, attach_function, register_schema, translate_op
-from ..attention.patching import latent_freq_bins, litefocus_state, patch, unpatch
+from ..attention.onnx_function import attach_function, register_schema, translate_op
+from ..attention.patching import litefocus_state, patch, unpatch
+from ..contract import (
+    MIN_OPSET,
+    OP_DOMAIN,
+    OP_TYPE,
+    UNET_OUTPUT,
+    example_unet_feeds,
+    index_input_name,
+    unet_call_arguments,
+    unet_inputs,
+)
 from ..errors import ExportError, first_line
-from ..geometry import downsampled_length
-from ..models import pipeline_kind
-from ..sampling import num_samples
+from ..models import pipeline_geometry, pipeline_kind
 from .stages import name_dynamic_dims, save_model
 
 log = logging.getLogger(__name__)
@@ -38,36 +46,16 @@ EXAMPLE_BATCH = 2
 
 @dataclass
 class UNetSignature:
-    """Names and example tensors of the exported UNet's inputs."""
+    """The exported UNet's inputs: example tensors and descriptions (``contract.unet_inputs``), in order."""
 
     inputs: dict[str, torch.Tensor]
-    dynamic: dict[str, dict[int, str]]  # input name -> {axis: dimension name}
+    descriptions: dict[str, dict[str, Any]]
     levels: dict[int, list[str]] = field(default_factory=dict)  # width -> patched layer names in order
 
-
-def index_input_name(width: int) -> str:
-    return f"litefocus_index_{width}"
-
-
-def conditioning_examples(pipe: Any, batch: int) -> tuple[dict[str, torch.Tensor], dict[str, dict[int, str]]]:
-    """Example conditioning inputs of the UNet, named after its forward arguments."""
-    unet = pipe.unet
-    gen = torch.Generator().manual_seed(0)
-    if pipeline_kind(pipe) == "audioldm2":
-        dims = [d for d in unet.config.cross_attention_dim[0] if d is not None]
-        inputs = {
-            "encoder_hidden_states": torch.randn(batch, 8, dims[0], generator=gen),
-            "encoder_hidden_states_1": torch.randn(batch, 7, dims[1], generator=gen),
-            "encoder_attention_mask_1": torch.ones(batch, 7, dtype=torch.int64),
-        }
-        dynamic = {
-            "encoder_hidden_states": {0: "batch", 1: "lm_tokens"},
-            "encoder_hidden_states_1": {0: "batch", 1: "text_tokens"},
-            "encoder_attention_mask_1": {0: "batch", 1: "text_tokens"},
-        }
-        return inputs, dynamic
-    dim = unet.config.projection_class_embeddings_input_dim
-    return {"class_labels": torch.randn(batch, dim, generator=gen)}, {"class_labels": {0: "batch"}}
+    @property
+    def dynamic(self) -> dict[str, dict[int, str]]:
+        """Input name -> {axis: dimension name} of its dynamic axes."""
+        return {name: desc["dynamic_axes"] for name, desc in self.descriptions.items()}
 
 
 def unet_signature(pipe: Any, frames: int = EXAMPLE_FRAMES, batch: int = EXAMPLE_BATCH,
@@ -77,30 +65,16 @@ def unet_signature(pipe: Any, frames: int = EXAMPLE_FRAMES, batch: int = EXAMPLE
     ``min_samples``: at least this many samples per layer. Tracing needs 2 (torch.export specialises
     size-0/1 dims and the samples axis must stay dynamic); verification uses the real count, 0 included.
     """
-    unet = pipe.unet
-    bins = latent_freq_bins(pipe)
-    inputs = {
-        "sample": torch.randn(batch, unet.config.in_channels, frames, bins, generator=torch.Generator().manual_seed(1)),
-        "timestep": torch.full((batch,), 500.0),
-    }
-    dynamic: dict[str, dict[int, str]] = {"sample": {0: "batch", 2: "latent_frames"}, "timestep": {0: "batch"}}
-    cond, cond_dynamic = conditioning_examples(pipe, batch)
-    inputs.update(cond)
-    dynamic.update(cond_dynamic)
-    signature = UNetSignature(inputs, dynamic)
     state = litefocus_state(pipe)
-    if state is None:
-        return signature
-    for layer in state.layers:
-        signature.levels.setdefault(layer.freq_bins, []).append(layer.name)
-    for width, names in signature.levels.items():
-        level = next(layer.level for layer in state.layers if layer.freq_bins == width)
-        n_tokens = downsampled_length(frames, level) * width
-        m = max(num_samples(n_tokens, state.config.sparse_ratio), min_samples)
-        name = index_input_name(width)
-        inputs[name] = torch.stack([torch.randperm(n_tokens)[:m] for _ in names])
-        dynamic[name] = {1: f"samples_{width}"}
-    return signature
+    layers = [layer.as_dict() for layer in state.layers] if state is not None else []
+    descriptions = unet_inputs(pipeline_kind(pipe), pipe.unet.config, pipeline_geometry(pipe).latent_freq_bins,
+                               layers)
+    feeds = example_unet_feeds(descriptions, frames, seed=1, layers=layers, min_samples=min_samples, batch=batch,
+                               sparse_ratio=state.config.sparse_ratio if state is not None else 0.0)
+    levels: dict[int, list[str]] = {}
+    for layer in layers:
+        levels.setdefault(layer["width"], []).append(layer["name"])
+    return UNetSignature({name: torch.from_numpy(array) for name, array in feeds.items()}, descriptions, levels)
 
 
 class IndexInputSamples:
@@ -126,14 +100,10 @@ class UNetForExport(torch.nn.Module):
     def forward(self, *args: torch.Tensor) -> torch.Tensor:
         named = dict(zip(self.names, args))
         if self.samples is not None:
-            indices = {width: named.pop(index_input_name(width)) for width in self.levels}
-            self.samples.rows = {
-                layer: indices[width][row] for width, layers in self.levels.items() for row, layer in enumerate(layers)
-            }
-        sample, timestep = named.pop("sample"), named.pop("timestep")
-        if "class_labels" in named:
-            named["encoder_hidden_states"] = None
-        return self.unet(sample, timestep, **named, return_dict=False)[0]
+            self.samples.rows = {layer: named[index_input_name(width)][row]
+                                 for width, layers in self.levels.items() for row, layer in enumerate(layers)}
+        sample, timestep, kwargs = unet_call_arguments(named)
+        return self.unet(sample, timestep, **kwargs, return_dict=False)[0]
 
 
 def _upsample_for_export(self: Any, hidden_states: torch.Tensor, output_size: Any = None, *args: Any, **kwargs: Any):
@@ -161,14 +131,8 @@ def export_friendly_upsampling(unet: torch.nn.Module) -> Iterator[None]:
             del module.forward
 
 
-def describe_input(example: torch.Tensor, dynamic: dict[int, str]) -> dict[str, Any]:
-    """dtype, dynamic axes and shape (ints for static dims, names for dynamic ones) of one graph input."""
-    shape = [dynamic.get(axis, int(size)) for axis, size in enumerate(example.shape)]
-    return {"dtype": str(example.dtype).removeprefix("torch."), "dynamic_axes": dynamic, "shape": shape}
-
-
 def export_unet(pipe: Any, out_dir: Path, *, attention: str = "litefocus", config: LiteFocusConfig | None = None,
-                opset: int = 18) -> dict[str, Any]:
+                opset: int = MIN_OPSET) -> dict[str, Any]:
     """Export ``pipe.unet`` (patched for LiteFocus, or stock with ``attention="full"``) to ``out_dir/unet.onnx``.
 
     Returns a description: file, inputs (name, dtype, dynamic axes), patched layers per level.
@@ -183,7 +147,7 @@ def export_unet(pipe: Any, out_dir: Path, *, attention: str = "litefocus", confi
         unpatch(pipe)
     try:
         signature = unet_signature(pipe)
-        layers = list(litefocus_state(pipe).layers) if samples is not None else []
+        layers = [layer.as_dict() for layer in litefocus_state(pipe).layers] if samples is not None else []
         model = _trace_to_onnx(UNetForExport(pipe.unet, signature, samples), signature, opset)
     finally:
         if samples is not None:
@@ -196,10 +160,10 @@ def export_unet(pipe: Any, out_dir: Path, *, attention: str = "litefocus", confi
     save_model(model, path)
     return {
         "file": UNET_FILE,
-        "inputs": {name: describe_input(t, signature.dynamic[name]) for name, t in signature.inputs.items()},
-        "outputs": ["noise_pred"],
+        "inputs": signature.descriptions,
+        "outputs": [UNET_OUTPUT],
         "litefocus_levels": {str(w): names for w, names in signature.levels.items()},
-        "litefocus_layers": [{"name": layer.name, "level": layer.level, "width": layer.freq_bins} for layer in layers],
+        "litefocus_layers": layers,
         "opset": opset,
     }
 
@@ -219,7 +183,7 @@ def _trace_to_onnx(module: torch.nn.Module, signature: UNetSignature, opset: int
     log.info("traced in %.1f s; translating to ONNX opset %d ...", time.perf_counter() - start, opset)
     start = time.perf_counter()
     onnx_program = torch.onnx.export(
-        program, dynamo=True, opset_version=opset, input_names=list(signature.inputs), output_names=["noise_pred"],
+        program, dynamo=True, opset_version=opset, input_names=list(signature.inputs), output_names=[UNET_OUTPUT],
         custom_translation_table={torch.ops.litefocus.dual_sparse_attention.default: translate_op},
         optimize=False, verbose=False,
     )
@@ -231,9 +195,9 @@ def _trace_to_onnx(module: torch.nn.Module, signature: UNetSignature, opset: int
 
 def check_custom_op(model: onnx.ModelProto, expected_nodes: int) -> None:
     """The export contract: one custom node per patched layer, and the function body beside them."""
-    nodes = sum(1 for n in model.graph.node if n.domain == DOMAIN and n.op_type == OP_TYPE)
-    has_function = any(f.domain == DOMAIN and f.name == OP_TYPE for f in model.functions)
+    nodes = sum(1 for n in model.graph.node if n.domain == OP_DOMAIN and n.op_type == OP_TYPE)
+    has_function = any(f.domain == OP_DOMAIN and f.name == OP_TYPE for f in model.functions)
     if nodes != expected_nodes:
         raise ExportError(f"exported UNet has {nodes} {OP_TYPE} nodes, expected {expected_nodes} (op was inlined?)")
     if expected_nodes and not has_function:
-        raise ExportError(f"exported UNet lacks the {DOMAIN}::{OP_TYPE} function body")
+        raise ExportError(f"exported UNet lacks the {OP_DOMAIN}::{OP_TYPE} function body")

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from ..attention import QueuedSamples, patched
-from .unet import index_input_name, unet_signature
+from ..contract import index_input_name, unet_call_arguments
+from .unet import unet_signature
 
 log = logging.getLogger(__name__)
 VERIFY_FRAMES = (21, 27)  # two odd latent lengths, neither the traced one (37)
@@ -33,18 +34,15 @@ def verify_unet(pipe: Any, path: Path, settings: Any, frames: int) -> tuple[floa
     with patched(pipe, config) if litefocus else contextlib.nullcontext():
         signature = unet_signature(pipe, frames=frames, min_samples=0)
     feeds = {name: t.numpy() for name, t in signature.inputs.items()}
-    torch_inputs = {k: v for k, v in signature.inputs.items() if not k.startswith("litefocus_index_")}
-    sample, timestep = torch_inputs.pop("sample"), torch_inputs.pop("timestep")
-    if "class_labels" in torch_inputs:
-        torch_inputs["encoder_hidden_states"] = None
+    sample, timestep, kwargs = unet_call_arguments(signature.inputs)
     with torch.no_grad():
         if litefocus:
             queued = {layer: [feeds[index_input_name(width)][row]]
                       for width, layers in signature.levels.items() for row, layer in enumerate(layers)}
             with patched(pipe, config, QueuedSamples(queued)):
-                expected = pipe.unet(sample, timestep, **torch_inputs, return_dict=False)[0].numpy()
+                expected = pipe.unet(sample, timestep, **kwargs, return_dict=False)[0].numpy()
         else:
-            expected = pipe.unet(sample, timestep, **torch_inputs, return_dict=False)[0].numpy()
+            expected = pipe.unet(sample, timestep, **kwargs, return_dict=False)[0].numpy()
     (actual,) = session.run(None, feeds)
     return errors(actual, expected)
 

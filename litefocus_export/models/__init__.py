@@ -4,6 +4,7 @@ Importing this package is torch-free (``BUILTIN_SPECS``, ``spec_fingerprint``); 
 diffusers load when a pipeline or component is built.
 """
 
+from .facts import ModelFacts, model_facts, pipeline_geometry
 from .loading import load_component, load_pipeline, load_unet, pipeline_kind
 from .random_build import build_component, build_random_pipeline
 from .specs import BUILTIN_SPECS, DEFAULT_SPEC, PipelineKind, RandomSpec, random_spec, spec_fingerprint
@@ -11,6 +12,7 @@ from .specs import BUILTIN_SPECS, DEFAULT_SPEC, PipelineKind, RandomSpec, random
 __all__ = [
     "BUILTIN_SPECS",
     "DEFAULT_SPEC",
+    "ModelFacts",
     "PipelineKind",
     "RandomSpec",
     "build_component",
@@ -18,6 +20,8 @@ __all__ = [
     "load_component",
     "load_pipeline",
     "load_unet",
+    "model_facts",
+    "pipeline_geometry",
     "pipeline_kind",
     "random_spec",
     "spec_fingerprint",

@@ -350,6 +350,17 @@ def snapshot_folder(spec: str | Path) -> Path:
     return path
 
 
+def check_spec(spec: str | Path) -> str | Path:
+    """``spec`` if it names a built-in model or a snapshot folder (cheap: nothing is loaded), else UsageError."""
+    if not isinstance(spec, (str, Path)) or not str(spec):
+        raise UsageError(f"model spec must be a non-empty string, got {spec!r}; {_valid_specs()}")
+    if str(spec).startswith(RANDOM_PREFIX):
+        random_spec(str(spec))
+    else:
+        folder_kind(snapshot_folder(spec))
+    return spec
+
+
 def folder_kind(path: Path) -> PipelineKind:
     """Pipeline kind from a snapshot's model_index.json ``_class_name``."""
     class_name = json.loads((path / "model_index.json").read_text()).get("_class_name")

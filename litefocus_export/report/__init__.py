@@ -5,6 +5,7 @@ measured in its own process (``measure.py``); ``report.json`` (schema_version 1)
 PNG plots are rewritten after every configuration from the same data.
 """
 
-from .matrix import ReportSettings, parse_list, run_report
+from .matrix import run_report
+from .settings import ReportSettings, parse_list
 
 __all__ = ["ReportSettings", "parse_list", "run_report"]

@@ -15,13 +15,11 @@ smaller than this one. The UNet is instantiated on torch's ``meta`` device: stru
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from ..geometry import AudioGeometry, downsampled_length, level_width
+from ..models.facts import ModelFacts, model_facts
 from ..sampling import num_samples
 
 BATCH = 2  # classifier-free guidance: [uncond, cond] in one UNet evaluation
@@ -29,54 +27,6 @@ CONTEXT_TOKENS = 64
 FORMULA = ("4*B*H*N*K*D per attention layer (QK^T and AV), B = 2 (CFG); self-attention K = N (full) or "
            "K = T_l + M with M = floor(ratio*N) at the patched levels (LiteFocus); cross-attention K = "
            f"{CONTEXT_TOKENS} context tokens (assumed) in both")
-
-
-@dataclass(frozen=True)
-class ModelFacts:
-    """What the report needs to know about a model spec, read from its configs (nothing built)."""
-
-    spec: str
-    kind: str  # audioldm2 | audioldm | musicldm
-    unet_class: str
-    unet_config: dict[str, Any]
-    geometry: AudioGeometry
-
-    @property
-    def context_free(self) -> bool:
-        from ..attention.patching import CONTEXT_FREE_PIPELINES
-
-        return self.pipeline_class in CONTEXT_FREE_PIPELINES
-
-    @property
-    def pipeline_class(self) -> str:
-        from ..models.specs import PIPELINE_CLASSES
-
-        return next(name for name, kind in PIPELINE_CLASSES.items() if kind == self.kind)
-
-
-def model_facts(spec: str) -> ModelFacts:
-    """Pipeline kind, UNet class and config, and audio geometry of a built-in spec or a snapshot folder.
-
-    Raises:
-        UsageError: unknown spec or a folder without model_index.json.
-    """
-    from ..models.specs import RANDOM_PREFIX, folder_kind, random_spec, snapshot_folder
-
-    if str(spec).startswith(RANDOM_PREFIX):
-        rspec = random_spec(str(spec))
-        kind, config = rspec.kind, lambda name: rspec.config(name)["config"]
-        unet_class = rspec.config("unet")["class"]
-    else:
-        path = snapshot_folder(spec)
-        kind = folder_kind(path)
-        config = lambda name: json.loads((path / name / "config.json").read_text())  # noqa: E731
-        unet_class = json.loads((path / "model_index.json").read_text())["unet"][1]
-    vocoder, vae = config("vocoder"), config("vae")
-    geometry = AudioGeometry(sample_rate=int(vocoder["sampling_rate"]),
-                             hop_length=int(np.prod(vocoder["upsample_rates"])),
-                             vae_scale=2 ** (len(vae["block_out_channels"]) - 1), mel_bins=int(vocoder["model_in_dim"]))
-    unet_config = {k: v for k, v in config("unet").items() if not k.startswith("_")}
-    return ModelFacts(str(spec), kind, unet_class, unet_config, geometry)
 
 
 @dataclass(frozen=True)
@@ -95,7 +45,7 @@ def attention_layers(facts: ModelFacts, levels: tuple[int, ...]) -> list[Attenti
     import torch
     from diffusers.models.attention_processor import Attention
 
-    from ..attention.patching import _level_of, find_self_attention_layers
+    from ..attention.patching import block_level, find_self_attention_layers
 
     with torch.device("meta"):
         unet = getattr(diffusers, facts.unet_class)(**facts.unet_config)
@@ -106,7 +56,7 @@ def attention_layers(facts: ModelFacts, levels: tuple[int, ...]) -> list[Attenti
     patched = {layer.name for layer in self_layers if layer.freq_bins in levels}
     layers = []
     for name, module in unet.named_modules():
-        place = _level_of(name, len(unet.down_blocks)) if isinstance(module, Attention) else None
+        place = block_level(name, len(unet.down_blocks)) if isinstance(module, Attention) else None
         if place is not None:
             layers.append(AttentionLayer(name, place[1], module.heads, module.inner_dim // module.heads,
                                          name in self_names, name in patched))

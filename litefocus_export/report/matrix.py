@@ -16,100 +16,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from ..errors import LiteFocusError, UsageError
-from ..geometry import check_seconds
+from ..errors import LiteFocusError
+from .output import write_outputs
+from .settings import ENGINE_BACKENDS, ReportSettings, ReportState, config_stem, output_path
 
 log = logging.getLogger(__name__)
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
-ENGINE_BACKENDS = ("onnxruntime", "tensorrt")
-ATTENTIONS = ("full", "litefocus")
-DEFAULT_PROMPT = "a dog barking in the rain"
-
-
-@dataclass(frozen=True)
-class ReportSettings:
-    """What to measure and where to write it.
-
-    Args:
-        out: output folder (report.md, report.json, latency.png, speedup.png).
-        model: model spec (default the tiny random AudioLDM2).
-        seconds: audio durations.
-        backends: ``torch``, ``onnxruntime``, ``tensorrt`` (engines built with ``build_engines``).
-        attention: ``full`` and/or ``litefocus``.
-        steps: denoising steps per generation (``stages="all"``).
-        repeats: timed repeats per configuration (medians are reported); ``warmup`` untimed runs before.
-        stages: ``"unet"`` (one UNet evaluation at batch 2) or ``"all"`` (whole generations).
-        accuracy: also compare outputs (engine vs PyTorch, LiteFocus vs full) with the same seed.
-        threads: intra-op threads for torch and ONNX Runtime (0: the libraries' default).
-        engines_dir: where engine folders are built (default ``$LITEFOCUS_CACHE/report-engines``).
-    """
-
-    out: Path
-    model: str = "random:audioldm2-tiny"
-    seconds: tuple[float, ...] = (10.0, 20.0, 40.0, 80.0)
-    backends: tuple[str, ...] = BACKENDS
-    attention: tuple[str, ...] = ATTENTIONS
-    steps: int = 10
-    repeats: int = 3
-    warmup: int = 1
-    stages: Literal["unet", "all"] = "all"
-    accuracy: bool = False
-    seed: int = 0
-    prompt: str = DEFAULT_PROMPT
-    threads: int = 0
-    sparse_ratio: float = 0.1
-    levels: tuple[int, ...] = (8,)
-    engines_dir: Path | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "out", Path(self.out))
-        object.__setattr__(self, "seconds", tuple(sorted({check_seconds(s) for s in self.seconds})))
-        _check_choices("backend", self.backends, BACKENDS)
-        _check_choices("attention", self.attention, ATTENTIONS)
-        if self.stages not in ("unet", "all"):
-            raise UsageError(f"stages must be unet or all, got {self.stages!r}")
-        for name in ("steps", "repeats"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if self.warmup < 0 or self.threads < 0:
-            raise UsageError("warmup and threads must be >= 0")
-
-
-def _check_choices(what: str, values: tuple[str, ...], valid: tuple[str, ...]) -> None:
-    if not values:
-        raise UsageError(f"give at least one {what}; choices: {', '.join(valid)}")
-    for value in values:
-        if value not in valid:
-            raise UsageError(f"unknown {what} {value!r}; choices: {', '.join(valid)}")
-
-
-def parse_list(text: str, what: str) -> tuple[str, ...]:
-    """``"a, b,a"`` -> ``("a", "b")`` (order kept, duplicates dropped)."""
-    items = tuple(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
-    if not items:
-        raise UsageError(f"--{what} needs at least one value")
-    return items
-
-
-@dataclass
-class ReportState:
-    """Everything the outputs are written from; grows row by row."""
-
-    settings: ReportSettings
-    machine: dict[str, Any]
-    flops: list[dict[str, Any]]
-    engines: dict[tuple[str, str], Path] = field(default_factory=dict)
-    skipped: list[dict[str, str]] = field(default_factory=list)
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    planned: int = 0
-    interrupted: bool = False
-    started: float = field(default_factory=time.time)
-
-
 def run_report(settings: ReportSettings) -> dict[str, Any]:
     """Measure the matrix and write the outputs; returns the report.json data.
 
@@ -120,7 +34,6 @@ def run_report(settings: ReportSettings) -> dict[str, Any]:
     from ..export import check_output_folder
     from .flops import flops_table
     from .machine import machine_info
-    from .output import write_outputs
 
     check_output_folder(settings.out)
     settings.out.mkdir(parents=True, exist_ok=True)
@@ -155,8 +68,8 @@ def build_all(state: ReportState) -> None:
 
 
 def build_one(settings: ReportSettings, backend: str, attention: str) -> Path:
-    from ..build import BuildSettings, build_engines
-    from ..build.cache import cache_root
+    from ..backends.build import BuildSettings, build_engines
+    from ..backends.cache import cache_root
     from ..errors import BuildError
     from ..export import ExportSettings
     from ..profiles import DurationProfile
@@ -188,8 +101,6 @@ def measure_all(state: ReportState, configs: list[tuple[float, str, str]], work:
     from tqdm.auto import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from .output import write_outputs
-
     with logging_redirect_tqdm(), tqdm(configs, desc="report", unit="config") as bar:
         for seconds, backend, attention in bar:
             bar.set_postfix_str(f"{seconds:g} s {backend} {attention}")
@@ -209,15 +120,6 @@ def job_for(state: ReportState, seconds: float, backend: str, attention: str, wo
             "warmup": s.warmup, "seed": s.seed, "prompt": s.prompt, "threads": s.threads,
             "sparse_ratio": s.sparse_ratio, "levels": list(s.levels),
             "output": str(output_path(work, seconds, backend, attention)) if s.accuracy else None}
-
-
-def config_stem(seconds: float, backend: str, attention: str) -> str:
-    """File-name stem of one configuration (``2.5s-torch-full``: it may contain a dot)."""
-    return f"{seconds:g}s-{backend}-{attention}"
-
-
-def output_path(work: Path, seconds: float, backend: str, attention: str) -> Path:
-    return work / f"{config_stem(seconds, backend, attention)}.npy"
 
 
 def measure_one(state: ReportState, seconds: float, backend: str, attention: str, work: Path) -> dict[str, Any]:
@@ -243,9 +145,3 @@ def failure_reason(proc: subprocess.CompletedProcess) -> str:
     return lines[-1] if lines else f"the measuring process exited with code {proc.returncode}"
 
 
-def settings_dict(settings: ReportSettings) -> dict[str, Any]:
-    data = asdict(settings)
-    data.update(out=str(settings.out), engines_dir=str(settings.engines_dir) if settings.engines_dir else None,
-                seconds=list(settings.seconds), backends=list(settings.backends),
-                attention=list(settings.attention), levels=list(settings.levels))
-    return data

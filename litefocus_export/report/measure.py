@@ -20,10 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from ..contract import example_unet_feeds, unet_call_arguments, unet_inputs
+from ..models.facts import ModelFacts, model_facts
 from ..sampling import seeded_streams
 
 log = logging.getLogger(__name__)
-TIMESTEP = 500.0
 
 
 def peak_rss_mb() -> float:
@@ -42,76 +43,47 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
-def unet_feeds(facts: Any, frames: int, seed: int) -> dict[str, np.ndarray]:
-    """UNet inputs at batch 2 (numpy, seeded), named as in the exported graph: the same for every backend."""
-    config = facts.unet_config
-    rng = np.random.default_rng(seed)
-    feeds = {"sample": rng.standard_normal((2, config["in_channels"], frames, facts.geometry.latent_freq_bins),
-                                           dtype=np.float32),
-             "timestep": np.full(2, TIMESTEP, np.float32)}
-    if facts.kind == "audioldm2":
-        dims = [d for d in config["cross_attention_dim"][0] if d is not None]
-        feeds["encoder_hidden_states"] = rng.standard_normal((2, 8, dims[0]), dtype=np.float32)
-        feeds["encoder_hidden_states_1"] = rng.standard_normal((2, 64, dims[1]), dtype=np.float32)
-        feeds["encoder_attention_mask_1"] = np.ones((2, 64), np.int64)
-    else:
-        dim = config["projection_class_embeddings_input_dim"]
-        feeds["class_labels"] = rng.standard_normal((2, dim), dtype=np.float32)
-    return feeds
+def unet_feeds(facts: ModelFacts, frames: int, seed: int) -> dict[str, np.ndarray]:
+    """Seeded UNet inputs at batch 2 without samples (``contract.example_unet_feeds``): the same for every backend."""
+    return example_unet_feeds(unet_inputs(facts.kind, facts.unet_config, facts.geometry.latent_freq_bins), frames, seed)
 
 
 class TorchUNet:
     """The diffusers UNet alone (no text encoders built), stock or patched with LiteFocus."""
 
-    def __init__(self, job: dict[str, Any], facts: Any):
-        import types
-
+    def __init__(self, job: dict[str, Any], facts: ModelFacts):
         import torch
 
-        from ..attention import LiteFocusConfig, RandomSamples, patch
+        from ..attention import LiteFocusConfig, RandomSamples, patch_unet
         from ..models import load_unet
 
         self.torch = torch
         self.unet = load_unet(job["model"])
         if job["attention"] == "litefocus":
-            # patch() reads F_lat off the vocoder and VAE, and the pipeline class decides which attn2 are
-            # self-attention: a stand-in with those attributes, named like the pipeline, is enough.
-            geometry = facts.geometry
-            stand_in = type(facts.pipeline_class, (types.SimpleNamespace,), {})(
-                unet=self.unet, vae_scale_factor=geometry.vae_scale,
-                vocoder=types.SimpleNamespace(config=types.SimpleNamespace(model_in_dim=geometry.mel_bins)))
             config = LiteFocusConfig(sparse_ratio=job["sparse_ratio"], levels=tuple(job["levels"]))
-            patch(stand_in, config, RandomSamples(config.sparse_ratio, generator=seeded_streams(job["seed"])[1]))
+            patch_unet(self.unet, config, RandomSamples(config.sparse_ratio, generator=seeded_streams(job["seed"])[1]),
+                       freq_bins=facts.geometry.latent_freq_bins, context_free=facts.context_free)
         feeds = unet_feeds(facts, facts.geometry.latent_frames(job["seconds"]), job["seed"])
         self.inputs = {k: torch.from_numpy(v) for k, v in feeds.items()}
 
     def __call__(self) -> np.ndarray:
-        args = dict(self.inputs)
-        if "class_labels" in args:  # AudioLDM / MusicLDM: no text context, as their pipelines call the UNet
-            args["encoder_hidden_states"] = None
+        sample, timestep, kwargs = unet_call_arguments(self.inputs)
         with self.torch.inference_mode():
-            out = self.unet(args.pop("sample"), args.pop("timestep"), **args, return_dict=False)[0]
-        return out.numpy()
+            return self.unet(sample, timestep, **kwargs, return_dict=False)[0].numpy()
 
 
 class EngineUNet:
     """The engine folder's unet stage, fed like the sampler feeds it (fresh LiteFocus samples per call)."""
 
-    def __init__(self, job: dict[str, Any], facts: Any):
+    def __init__(self, job: dict[str, Any], facts: ModelFacts):
         from ..runtime import EngineFolder
 
         self.engines = EngineFolder(job["engines"], threads=job["threads"])
-        self.frames = facts.geometry.latent_frames(job["seconds"])
-        self.feeds = unet_feeds(facts, self.frames, job["seed"])
-        self.layers = self.engines.stage("unet").get("litefocus_layers", [])
-        self.ratio = (self.engines.manifest.get("litefocus") or {}).get("sparse_ratio", 0.0)
+        self.feeds = unet_feeds(facts, facts.geometry.latent_frames(job["seconds"]), job["seed"])
         self.samples_rng = seeded_streams(job["seed"])[1]
 
     def __call__(self) -> np.ndarray:
-        from ..runtime.sampler import draw_unet_samples
-
-        samples = draw_unet_samples(self.samples_rng, self.layers, self.frames, self.ratio)
-        return self.engines.run("unet", {**self.feeds, **samples})["noise_pred"]
+        return self.engines.unet_step(self.feeds, self.samples_rng)
 
 
 def time_unet(step: Any, repeats: int, warmup: int) -> tuple[dict[str, Any], np.ndarray]:
@@ -131,7 +103,6 @@ def time_unet(step: Any, repeats: int, warmup: int) -> tuple[dict[str, Any], np.
 
 def run_job(job: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray]:
     """Measure one configuration: ``({times..., rss}, first output)``."""
-    from .flops import model_facts
     from .stages import time_generations
 
     facts = model_facts(job["model"])

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from .settings import output_path, settings_dict
+
 SCHEMA_VERSION = 1
 STAGE_KEYS = ("conditioning_s", "unet_steps_s", "vae_decode_s", "vocoder_s")
 NOTES = {
@@ -79,8 +81,6 @@ def speedup(row: dict[str, Any], other: dict[str, Any] | None) -> dict[str, floa
 
 def add_comparisons(rows: list[dict[str, Any]], work: Path, accuracy: bool) -> None:
     """Speedups (LiteFocus vs full, engine vs PyTorch) and, with ``accuracy``, output differences."""
-    from .matrix import output_path
-
     by_key = {(r["seconds"], r["backend"], r["attention"]): r for r in rows}
     for row in rows:
         s, b, a = row["seconds"], row["backend"], row["attention"]
@@ -110,7 +110,6 @@ def add_measured_speedups(flops: list[dict[str, Any]], rows: list[dict[str, Any]
 def report_data(state: Any, work: Path) -> dict[str, Any]:
     """The report.json document for the rows measured so far."""
     from .flops import CONTEXT_TOKENS, FORMULA
-    from .matrix import settings_dict
 
     flops_by_seconds = {f["seconds"]: f for f in state.flops}
     rows = [base_row(r, flops_by_seconds[r["seconds"]]) for r in state.rows]

@@ -25,70 +25,16 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..contract import MAX_NEW_TOKENS_KEY, check_kind
 from ..errors import EngineError, UsageError
 
-TEXT_STAGES: dict[str, tuple[str, ...]] = {
-    "audioldm2": ("text_encoder", "text_encoder_2", "projection_model", "language_model"),
-    "audioldm": ("text_encoder",),
-    "musicldm": ("text_encoder",),
-}
 # ``guidance_scale`` defaults of the pipelines' ``__call__``.
 DEFAULT_GUIDANCE = {"audioldm2": 3.5, "audioldm": 2.5, "musicldm": 2.0}
-# ONNX metadata key of ``language_model.onnx``: the LM steps (``language_model.config.max_new_tokens``).
-MAX_NEW_TOKENS_KEY = "litefocus.max_new_tokens"
 # Tokenizer classes the AudioLDM2 pipeline pads to ``max_length`` (the others: to the longest sequence).
 _MAX_LENGTH_TOKENIZERS = ("RobertaTokenizer", "RobertaTokenizerFast", "VitsTokenizer")
 
+# ``(stage name, feeds) -> {output name: array}``: ``EngineFolder.run``, or any runner with its signature
 StageRunner = Callable[[str, Mapping[str, np.ndarray]], dict[str, np.ndarray]]
-
-
-class OrtStageRunner:
-    """Run a stage by name with ONNX Runtime; sessions for ``folder/<stage>.onnx`` open on first use.
-
-    Args:
-        folder: the engine folder.
-        sessions: ready ``InferenceSession``-like objects by stage name (others open from the folder).
-        providers: ONNX Runtime providers for sessions opened here (default CPU).
-    """
-
-    def __init__(
-        self,
-        folder: str | Path,
-        sessions: Mapping[str, Any] | None = None,
-        providers: tuple[str, ...] = ("CPUExecutionProvider",),
-    ) -> None:
-        self.folder, self.providers = Path(folder), providers
-        self.sessions: dict[str, Any] = dict(sessions or {})
-
-    def session(self, stage: str) -> Any:
-        if stage not in self.sessions:
-            path = self.folder / f"{stage}.onnx"
-            if not path.is_file():
-                raise EngineError(f"engine folder {str(self.folder)!r} has no {path.name}")
-            import onnxruntime as ort
-
-            self.sessions[stage] = ort.InferenceSession(str(path), providers=list(self.providers))
-        return self.sessions[stage]
-
-    def __call__(self, stage: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        session = self.session(stage)
-        names = [output.name for output in session.get_outputs()]
-        return dict(zip(names, session.run(names, dict(feeds))))
-
-
-def stage_runner(folder: str | Path, sessions: Any = None) -> StageRunner:
-    """A ``(stage, feeds) -> {output name: array}`` callable from what the engine layer hands over.
-
-    ``sessions`` is ``None`` (ONNX Runtime CPU sessions opened from ``folder``), a mapping of stage name to
-    session, or already such a callable (returned unchanged).
-    """
-    if sessions is None or isinstance(sessions, Mapping):
-        return OrtStageRunner(folder, sessions)
-    if callable(sessions):
-        return sessions
-    raise UsageError(
-        f"sessions must be None, a mapping of stage sessions or a callable, got {type(sessions)}"
-    )
 
 
 @dataclass
@@ -164,29 +110,38 @@ class TextConditioner:
     """``encode(prompt, negative_prompt, guidance)`` -> the UNet's conditioning inputs, as in the pipeline.
 
     Args:
-        folder: the engine folder (``<stage>.onnx``, ``tokenizer/``, ``tokenizer_2/`` for AudioLDM2).
+        folder: the folder holding ``tokenizer/`` (and ``tokenizer_2/`` for AudioLDM2): an engine folder.
         kind: ``"audioldm2"``, ``"audioldm"`` or ``"musicldm"``.
-        sessions: how stages run (:func:`stage_runner`): None (CPU sessions from ``folder``), a mapping of
-            stage name to session, or a callable ``(stage, feeds) -> {output name: array}``.
-        max_new_tokens: AudioLDM2's language-model steps; default: the ``litefocus.max_new_tokens`` metadata
-            of ``language_model.onnx``.
+        run: runs a stage by name (``EngineFolder.run``).
+        max_new_tokens: AudioLDM2's language-model steps (the ``litefocus.max_new_tokens`` metadata of the
+            language_model stage); required for AudioLDM2.
 
     Raises:
-        UsageError: unknown kind. EngineError: a tokenizer or stage file is missing.
+        UsageError: unknown kind. EngineError: a tokenizer is missing, or AudioLDM2 without max_new_tokens.
     """
 
-    def __init__(
-        self, folder: str | Path, kind: str, sessions: Any = None, *, max_new_tokens: int | None = None
-    ) -> None:
-        if kind not in TEXT_STAGES:
-            raise UsageError(f"unknown pipeline kind {kind!r}; valid: {', '.join(TEXT_STAGES)}")
-        self.folder, self.kind = Path(folder), kind
-        self.run: StageRunner = stage_runner(folder, sessions)
+    def __init__(self, folder: str | Path, kind: str, run: StageRunner, *, max_new_tokens: int | None = None) -> None:
+        self.folder, self.kind = Path(folder), check_kind(kind)
+        self.run = run
         self.tokenizer = TextTokenizer.from_folder(self.folder / "tokenizer")
         self.tokenizer_2 = (
             TextTokenizer.from_folder(self.folder / "tokenizer_2") if kind == "audioldm2" else None
         )
-        self._max_new_tokens = max_new_tokens
+        if kind == "audioldm2" and max_new_tokens is None:
+            raise EngineError(f"the AudioLDM2 conditioner needs max_new_tokens (the language_model stage's "
+                              f"{MAX_NEW_TOKENS_KEY} metadata)")
+        self.max_new_tokens = max_new_tokens
+
+    @classmethod
+    def from_engines(cls, engines: Any) -> TextConditioner:
+        """The conditioner of an ``EngineFolder``: its tokenizers, its stages, its manifest's LM step count."""
+        max_new = None
+        if engines.kind == "audioldm2":
+            max_new = engines.stage("language_model").get("metadata", {}).get(MAX_NEW_TOKENS_KEY)
+            if max_new is None:
+                raise EngineError(f"{engines.folder}: the language_model stage has no {MAX_NEW_TOKENS_KEY} metadata; "
+                                  f"rebuild the engines")
+        return cls(engines.folder, engines.kind, engines.run, max_new_tokens=None if max_new is None else int(max_new))
 
     def encode(
         self, prompt: str, negative_prompt: str | None = None, guidance: float | None = None
@@ -271,15 +226,9 @@ class TextConditioner:
         length = tok.model_max_length if tok.pads_to_max_length else negative_length
         return tok(text, max_length=length, padding="max_length")
 
-    @property
-    def max_new_tokens(self) -> int:
-        if self._max_new_tokens is None:
-            self._max_new_tokens = _read_max_new_tokens(self.folder / "language_model.onnx")
-        return self._max_new_tokens
-
     def generate(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """``generate_language_model``: append ``max_new_tokens`` hidden states; returns the new ones."""
-        steps = self.max_new_tokens
+        steps = int(self.max_new_tokens or 0)
         embeds, mask = (
             inputs_embeds.astype(np.float32, copy=False),
             attention_mask.astype(np.int64, copy=False),
@@ -290,16 +239,3 @@ class TextConditioner:
             mask = np.concatenate([mask, np.ones((mask.shape[0], 1), dtype=mask.dtype)], axis=1)
         return embeds[:, -steps:, :]
 
-
-def _read_max_new_tokens(path: Path) -> int:
-    """The language-model step count recorded in ``language_model.onnx``'s metadata."""
-    if not path.is_file():
-        raise EngineError(f"{str(path)!r} is missing; pass max_new_tokens or export the language_model stage")
-    import onnx
-
-    # Weights may live in external data; only the metadata is wanted.
-    model = onnx.load(str(path), load_external_data=False)
-    props = {p.key: p.value for p in model.metadata_props}
-    if MAX_NEW_TOKENS_KEY not in props:
-        raise EngineError(f"{path.name} has no {MAX_NEW_TOKENS_KEY} metadata; pass max_new_tokens")
-    return int(props[MAX_NEW_TOKENS_KEY])

@@ -6,29 +6,21 @@ and ``mel_spectrogram_to_waveform``; trimming to the requested length is :func:`
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import numpy as np
 
 from ..errors import UsageError
-from .conditioning import StageRunner, stage_runner
-
-DECODE_STAGES: tuple[str, ...] = ("vae_decoder", "vocoder")
+from .conditioning import StageRunner
 
 
 class AudioDecoder:
     """``decode(latents) -> waveform``: VAE decoder then vocoder, each run as one stage.
 
     Args:
-        folder: the engine folder holding ``vae_decoder.onnx`` and ``vocoder.onnx``.
-        sessions: how stages run (see :func:`~litefocus_export.runtime.conditioning.stage_runner`):
-            ``None`` opens ``folder/<stage>.onnx`` on ONNX Runtime's CPU provider, a mapping gives
-            ready sessions by stage name, a callable ``(stage, feeds) -> outputs`` runs a stage itself.
+        run: runs a stage by name (``EngineFolder.run``).
     """
 
-    def __init__(self, folder: str | Path, sessions: Any = None) -> None:
-        self.run: StageRunner = stage_runner(folder, sessions)
+    def __init__(self, run: StageRunner) -> None:
+        self.run = run
 
     def mel(self, latents: np.ndarray) -> np.ndarray:
         """Latents ``(B, C, T_lat, F_lat)`` -> mel spectrogram ``(B, 1, T_mel, mel_bins)`` (float32)."""

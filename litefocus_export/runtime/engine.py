@@ -8,7 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import EngineError, first_line
+from ..backends import Stage, open_stage
+from ..contract import UNET, UNET_OUTPUT, draw_unet_samples
+from ..errors import EngineError
 from ..geometry import AudioGeometry
 from ..manifest import read_manifest
 from ..profiles import DurationProfile, require_covered
@@ -17,7 +19,11 @@ log = logging.getLogger(__name__)
 
 
 class EngineFolder:
-    """``engines/<model>-<profile>-.../``: refuses a missing, newer-format or tampered folder (one line)."""
+    """``engines/<model>-<profile>-.../``: refuses a missing, newer-format or tampered folder (one line).
+
+    Stages open on first use with the runner of the backend the manifest names (``backends.open_stage``)
+    and stay open; :meth:`run` is how the sampler, text conditioning and decoding run every stage.
+    """
 
     def __init__(self, folder: str | Path, threads: int = 0):
         self.folder = Path(folder)
@@ -26,7 +32,7 @@ class EngineFolder:
             raise EngineError(f"{self.folder} is a {self.manifest.get('kind')!r} folder, not an engine folder "
                               f"(run litefocus-export build)")
         self.threads = threads
-        self._runners: dict[str, Any] = {}
+        self._runners: dict[str, Stage] = {}
 
     @property
     def kind(self) -> str:
@@ -42,6 +48,11 @@ class EngineFolder:
         return int(self.manifest["geometry"]["latent_channels"])
 
     @property
+    def sparse_ratio(self) -> float:
+        """The LiteFocus sampled fraction the engines were built with (0 for full attention)."""
+        return float((self.manifest.get("litefocus") or {}).get("sparse_ratio", 0.0))
+
+    @property
     def profiles(self) -> list[DurationProfile]:
         return [DurationProfile.from_dict(p) for p in self.manifest["profiles"]]
 
@@ -49,50 +60,27 @@ class EngineFolder:
         return require_covered(self.profiles, seconds)
 
     def stage(self, name: str) -> dict[str, Any]:
+        """The manifest entry of stage ``name``."""
         try:
             return self.manifest["stages"][name]
         except KeyError:
             raise EngineError(f"{self.folder} has no {name} stage (stages: "
                               f"{', '.join(self.manifest['stages'])})") from None
 
-    def runner(self, name: str) -> Any:
+    def runner(self, name: str) -> Stage:
         """A callable ``feeds -> {output name: array}`` for stage ``name`` (opened on first use)."""
         if name not in self._runners:
-            self._runners[name] = self._open(name)
+            self._runners[name] = open_stage(self.manifest["backend"], self.folder / self.stage(name)["engine"],
+                                             self.threads)
         return self._runners[name]
 
     def run(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run stage ``name`` on ``feeds`` (extra arrays are ignored)."""
         return self.runner(name)(feeds)
 
-    def _open(self, name: str) -> Any:
-        backend = self.manifest["backend"]
-        path = self.folder / self.stage(name)["engine"]
-        if backend["name"] == "tensorrt":
-            from .tensorrt_runner import TrtStage
-
-            return TrtStage(path)
-        return OrtStage(path, backend.get("providers", ["CPUExecutionProvider"]), self.threads)
-
-
-class OrtStage:
-    """One ONNX Runtime session; returns outputs by name."""
-
-    def __init__(self, path: Path, providers: list[str], threads: int = 0):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        self.name = path.name
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as exc:  # noqa: BLE001 - ORT's own exception types
-            raise EngineError(f"cannot load {path.name}: {first_line(exc)}") from None
-        self.inputs = {i.name for i in self.session.get_inputs()}
-        self.outputs = [o.name for o in self.session.get_outputs()]
-
-    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        try:
-            results = self.session.run(None, {k: v for k, v in feeds.items() if k in self.inputs})
-        except Exception as exc:  # noqa: BLE001 - ORT's own exception types (shapes, memory)
-            raise EngineError(f"running {self.name} failed: {first_line(exc)}") from None
-        return dict(zip(self.outputs, results))
+    def unet_step(self, feeds: dict[str, np.ndarray], samples_rng: np.random.Generator) -> np.ndarray:
+        """One UNet evaluation: fresh LiteFocus samples for every patched layer, drawn from ``samples_rng`` in
+        execution order as the PyTorch path draws them (DESIGN.md §1), then ``noise_pred``."""
+        layers = self.stage(UNET).get("litefocus_layers", [])
+        samples = draw_unet_samples(samples_rng, layers, feeds["sample"].shape[2], self.sparse_ratio)
+        return self.run(UNET, {**feeds, **samples})[UNET_OUTPUT]

@@ -15,10 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from ..geometry import downsampled_length
-from ..sampling import draw_sample_index, initial_noise, seeded_streams
-from .conditioning import DEFAULT_GUIDANCE, MAX_NEW_TOKENS_KEY
-from .decode import trim_waveform
+from ..sampling import initial_noise, seeded_streams
+from .conditioning import DEFAULT_GUIDANCE, TextConditioner
+from .decode import AudioDecoder, trim_waveform
 from .engine import EngineFolder
 
 log = logging.getLogger(__name__)
@@ -34,60 +33,37 @@ class Timings:
     total: float = 0.0
 
 
-def draw_unet_samples(rng: np.random.Generator, layers: list[dict[str, Any]], frames: int,
-                      sparse_ratio: float) -> dict[str, np.ndarray]:
-    """One UNet evaluation's samples: ``litefocus_index_<width>`` -> int64 ``(L, M)``.
-
-    Drawn layer by layer in execution order, exactly as the PyTorch path draws them at call time.
-    """
-    rows: dict[int, list[np.ndarray]] = {}
-    for layer in layers:
-        tokens = downsampled_length(frames, layer["level"]) * layer["width"]
-        rows.setdefault(layer["width"], []).append(draw_sample_index(rng, tokens, sparse_ratio))
-    return {f"litefocus_index_{width}": np.stack(r) for width, r in rows.items()}
-
-
-def example_unet_feeds(stage: dict[str, Any], frames: int, seed: int, *, sparse_ratio: float = 0.1, batch: int = 2,
-                       timestep: float = 500.0, token_counts: dict[str, int] | None = None) -> dict[str, np.ndarray]:
-    """Seeded random inputs for a UNet stage, shaped from its manifest entry, with LiteFocus samples:
-    for benchmarks and checks, the same arrays for every backend. Masks are all ones."""
-    rng = np.random.default_rng(seed)
-    sizes = {"batch": batch, "latent_frames": frames, "lm_tokens": 8, "text_tokens": 64, **(token_counts or {})}
-    feeds = {}
-    for name, desc in stage["inputs"].items():
-        if name.startswith("litefocus_index"):
-            continue
-        shape = [sizes[d] if isinstance(d, str) else d for d in desc["shape"]]
-        feeds[name] = (rng.standard_normal(shape, dtype=np.float32) if desc["dtype"] == "float32"
-                       else np.ones(shape, desc["dtype"]))
-    feeds["timestep"] = np.full(batch, timestep, stage["inputs"]["timestep"]["dtype"])
-    return {**feeds, **draw_unet_samples(rng, stage.get("litefocus_layers", []), frames, sparse_ratio)}
-
-
 class Sampler:
     """Runs requests on one engine folder; stages open once and are reused across requests."""
 
     def __init__(self, engines: EngineFolder | str | Path, progress: bool = True):
-        from .conditioning import TextConditioner
-        from .decode import AudioDecoder
-
         self.engines = engines if isinstance(engines, EngineFolder) else EngineFolder(engines)
-        runner = self.engines.run
-        # the LM step count is in the ONNX metadata too, but TensorRT folders hold no .onnx: use the manifest
-        lm_meta = self.engines.manifest["stages"].get("language_model", {}).get("metadata", {})
-        max_new = lm_meta.get(MAX_NEW_TOKENS_KEY)
-        self.conditioner = TextConditioner(self.engines.folder, self.engines.kind, runner,
-                                           max_new_tokens=int(max_new) if max_new else None)
-        self.decoder = AudioDecoder(self.engines.folder, runner)
+        self.conditioner = TextConditioner.from_engines(self.engines)
+        self.decoder = AudioDecoder(self.engines.run)
         self.progress = progress
         self.timings = Timings()
 
     def scheduler(self, name: str) -> Any:
+        """The numpy scheduler ``name`` (``"ddim"``/``"dpm"``) set up as the PyTorch path sets it up: diffusers'
+        ``from_config`` of the pipeline's scheduler config (target defaults for ``_use_default_values``).
+
+        Raises:
+            EngineError: the folder's scheduler config predates ``_use_default_values`` and ``name`` converts
+                it to another scheduler class, so the settings diffusers would use are unknown.
+        """
         import json
 
-        from .schedulers import scheduler_from_config
+        from ..errors import EngineError
+        from .schedulers import USE_DEFAULT_VALUES, converts_config, scheduler_from_config
 
-        config = json.loads((self.engines.folder / "scheduler_config.json").read_text())
+        folder = self.engines.folder
+        config = json.loads((folder / "scheduler_config.json").read_text())
+        if USE_DEFAULT_VALUES not in config and converts_config(config, name):
+            # without the list, an explicit setting and a defaulted one look alike (timestep_spacing "leading"
+            # of DDIM's defaults becomes DPM's "linspace" in diffusers); the same class needs no conversion.
+            # A rebuild re-exports: the export cache key has the export format (EXPORT_FORMAT 2)
+            raise EngineError(f"{folder} was built before scheduler_config.json kept diffusers' {USE_DEFAULT_VALUES}, "
+                              f"so --scheduler {name} would not match PyTorch; rebuild it")
         return scheduler_from_config(config, kind=name)
 
     def __call__(self, request: Any, latents: np.ndarray | None = None) -> np.ndarray:
@@ -118,17 +94,13 @@ class Sampler:
         scheduler = self.scheduler(request.scheduler)
         scheduler.set_timesteps(request.steps)
         latents = latents * np.float32(scheduler.init_noise_sigma)
-        unet = self.engines.stage("unet")
-        layers = unet.get("litefocus_layers", [])
-        ratio = (self.engines.manifest.get("litefocus") or {}).get("sparse_ratio", 0.0)
         guided = guidance > 1.0
         for t in _progress(scheduler.timesteps, self.progress, "denoising"):
             t0 = time.perf_counter()
             model_input = np.concatenate([latents, latents]) if guided else latents
             model_input = scheduler.scale_model_input(model_input, t)
             feeds = {"sample": model_input, "timestep": np.full(len(model_input), t, dtype=np.float32), **cond}
-            feeds.update(draw_unet_samples(samples_rng, layers, latents.shape[2], ratio))
-            noise_pred = self.engines.run("unet", feeds)["noise_pred"]
+            noise_pred = self.engines.unet_step(feeds, samples_rng)
             if guided:
                 uncond, text = np.split(noise_pred, 2)
                 noise_pred = uncond + np.float32(guidance) * (text - uncond)

@@ -23,6 +23,9 @@ BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
 TimestepSpacing = Literal["leading", "trailing", "linspace"]
 Off = Literal[False]  # a diffusers option whose non-default value we do not implement
+# the config key where diffusers lists the arguments a scheduler took from its class's defaults (its
+# save_config drops it; the export writes it back, so the runtime can resolve a conversion like diffusers)
+USE_DEFAULT_VALUES = "_use_default_values"
 
 _F32 = np.float32
 
@@ -196,9 +199,15 @@ class _Scheduler:
 
     @classmethod
     def from_config(cls, config: dict[str, Any], **overrides: Any) -> _Scheduler:
-        """Build from a diffusers scheduler config dict: unknown keys are ignored, missing ones default."""
-        # keys diffusers filled with the source class's defaults; it re-defaults them on conversion
-        used_defaults = set(config.get("_use_default_values", ()))
+        """Build from a diffusers scheduler config dict, resolved as diffusers' ``from_config`` resolves it.
+
+        diffusers (``ConfigMixin.extract_init_dict``) passes the target class's ``__init__`` only the keys
+        it names, minus private keys and minus the keys listed in ``_use_default_values`` (those the source
+        scheduler took from its own class's defaults); every other argument takes the target class's
+        default. Our config fields are a subset of the target's ``__init__`` arguments with the same
+        defaults, so keeping the fields that survive that filter gives diffusers' values.
+        """
+        used_defaults = set(config.get(USE_DEFAULT_VALUES) or ())
         names = {f.name for f in dataclasses.fields(cls.config_class)}
         settings = {k: v for k, v in config.items() if k in names and k not in used_defaults}
         return cls(cls.config_class(**{**settings, **overrides}))
@@ -470,9 +479,12 @@ def scheduler_from_config(
 ) -> DDIMScheduler | DPMSolverMultistepScheduler:
     """Build a numpy scheduler from a diffusers scheduler config dict (``scheduler_config.json``).
 
-    Like diffusers' ``<Scheduler>.from_config(other_config)``: keys the target does not know
-    (``_class_name``, ``_diffusers_version``, another scheduler's options) are ignored and missing keys take
-    diffusers' defaults for the target scheduler.
+    Exactly like diffusers' ``<Scheduler>.from_config(config)``, which is the reference: keys the target
+    does not know (``_class_name``, ``_diffusers_version``, another scheduler's options) are ignored, and
+    missing keys and the keys listed in ``_use_default_values`` take the target scheduler's defaults. So a
+    DDIM config converted to DPM-Solver++ gets DPM's ``timestep_spacing="linspace"`` unless the DDIM
+    config set ``timestep_spacing`` itself. A config without ``_use_default_values`` is taken as all
+    explicit (diffusers' ``save_config`` drops the list: see ``converts_config``).
 
     Args:
         config: the config dict.
@@ -494,3 +506,10 @@ def scheduler_from_config(
             )
         cls = _BY_CLASS_NAME[name]
     return cls.from_config(config)
+
+
+def converts_config(config: dict[str, Any], kind: str) -> bool:
+    """Whether building ``kind`` from ``config`` converts it to another scheduler class than its
+    ``_class_name``: then which keys diffusers took from defaults (``_use_default_values``) matters."""
+    cls = _BY_KIND.get(kind)
+    return cls is not None and cls.__name__ != config.get("_class_name")

@@ -28,15 +28,15 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from litefocus_export.contract import OP_ATTRIBUTES, OP_DOMAIN, OP_TYPE, PLUGIN_NAMESPACE
 from litefocus_export.errors import BuildError
 
-ONNX_DOMAIN = "ai.litefocus"
-PLUGIN_NAMESPACE = "litefocus"
-PLUGIN_NAME = "DualSparseAttention"
+# The plugin claims the ONNX node the export writes (DESIGN.md §2): the contract's names, not copies.
+ONNX_DOMAIN, PLUGIN_NAME = OP_DOMAIN, OP_TYPE
 PLUGIN_ID = f"{PLUGIN_NAMESPACE}::{PLUGIN_NAME}"
 PLUGIN_VERSION = "1"
-# The AOT implementation receives attributes by position, in the node's order: export them in this one.
-PLUGIN_ATTRIBUTES = ("freq_bins", "scale", "same_frequency", "cross_frequency")
+# The AOT implementation receives attributes by position, in the node's order: the export writes this one.
+PLUGIN_ATTRIBUTES = OP_ATTRIBUTES
 MIN_TENSORRT_VERSION = (10, 9)
 
 _PLUGINS_ROOT = Path(__file__).resolve().parent.parent

@@ -13,10 +13,12 @@ from litefocus_export.attention import (
     QueuedSamples,
     litefocus_state,
     patch,
+    patch_unet,
     patched,
     unpatch,
 )
 from litefocus_export.attention.reference import dual_sparse_attention_reference
+from litefocus_export.contract import CONTEXT_FREE_KINDS, unet_call_arguments
 from litefocus_export.errors import UsageError
 from litefocus_export.export.unet import unet_signature
 
@@ -24,11 +26,7 @@ KINDS = {"random:audioldm2-tiny": 20, "random:audioldm-tiny": 10, "random:musicl
 
 
 def unet_inputs(pipe, frames=13):
-    inputs = {k: v for k, v in unet_signature(pipe, frames=frames).inputs.items() if not k.startswith("litefocus_")}
-    sample, timestep = inputs.pop("sample"), inputs.pop("timestep")
-    if "class_labels" in inputs:
-        inputs["encoder_hidden_states"] = None
-    return sample, timestep, inputs
+    return unet_call_arguments(unet_signature(pipe, frames=frames).inputs)
 
 
 def run_unet(pipe, frames=13):
@@ -55,6 +53,25 @@ def test_patch_set_output_and_exact_unpatch(tiny_pipeline_factory, spec, count):
     after = pipe.unet.attn_processors
     assert all(after[name] is proc for name, proc in before.items())
     assert torch.equal(run_unet(pipe), stock)
+
+
+@pytest.mark.parametrize("spec", KINDS)
+def test_patch_unet_on_a_bare_unet_is_patch(tiny_pipeline_factory, spec):
+    """``patch_unet`` with the pipeline's geometry and context rule patches the same layers, the same way."""
+    from litefocus_export.models import pipeline_geometry, pipeline_kind
+
+    pipe = tiny_pipeline_factory(spec)
+    stock = run_unet(pipe)
+    names = patch(pipe, LiteFocusConfig(seed=3))
+    patched_out = run_unet(pipe)
+    unpatch(pipe)
+    unet = pipe.unet
+    bare = patch_unet(unet, LiteFocusConfig(seed=3), freq_bins=pipeline_geometry(pipe).latent_freq_bins,
+                      context_free=pipeline_kind(pipe) in CONTEXT_FREE_KINDS)
+    assert bare == names and litefocus_state(unet) is not None
+    assert torch.equal(run_unet(pipe), patched_out)
+    unpatch(unet)
+    assert litefocus_state(unet) is None and torch.equal(run_unet(pipe), stock)
 
 
 def test_processor_matches_reference_semantics(tiny_pipeline_factory):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -10,16 +12,20 @@ import torch
 from click.testing import CliRunner
 from onnx import helper
 
-from litefocus_export.attention.onnx_function import DOMAIN, OP_TYPE, attach_function, make_node
+from litefocus_export.attention import LiteFocusConfig, patched
+from litefocus_export.attention.onnx_function import attach_function, make_node
 from litefocus_export.attention.onnx_mha import lower_to_multihead_attention
 from litefocus_export.attention.reference import dual_sparse_attention_reference
 from litefocus_export.cli import main
-from litefocus_export.export import ExportSettings, export_pipeline
+from litefocus_export.contract import OP_DOMAIN, OP_TYPE
+from litefocus_export.export import ExportSettings, convert_to_fp16, export_pipeline
+from litefocus_export.export.unet import unet_signature
+from litefocus_export.export.verify import VERIFY_FRAMES, verify_unet
 from litefocus_export.manifest import read_manifest
 
 
 def custom_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    return [n for n in model.graph.node if n.domain == DOMAIN and n.op_type == OP_TYPE]
+    return [n for n in model.graph.node if n.domain == OP_DOMAIN and n.op_type == OP_TYPE]
 
 
 class TestAudioLDM2Export:
@@ -29,7 +35,7 @@ class TestAudioLDM2Export:
         model = onnx.load(str(export_dir / "unet.onnx"))
         layers = manifest["stages"]["unet"]["litefocus_layers"]
         assert len(custom_nodes(model)) == len(layers) == 20
-        assert [f.name for f in model.functions if f.domain == DOMAIN] == [OP_TYPE]
+        assert [f.name for f in model.functions if f.domain == OP_DOMAIN] == [OP_TYPE]
         node = custom_nodes(model)[0]
         attrs = {a.name for a in node.attribute}
         assert {"freq_bins", "scale", "same_frequency", "cross_frequency", "plugin_namespace"} <= attrs
@@ -64,10 +70,9 @@ def test_clap_conditioned_unets_export_and_match(tmp_path, spec):
         assert result["max_rel"] <= 1e-4, (name, result)
 
 
-def test_full_attention_exports_the_stock_unet(tmp_path):
-    manifest = export_pipeline("random:audioldm2-tiny", tmp_path / "full",
-                               ExportSettings(attention="full", stages=("unet",), verify=True))
-    model = onnx.load(str(tmp_path / "full" / "unet.onnx"))
+def test_full_attention_exports_the_stock_unet(tiny_full_export):
+    manifest = read_manifest(tiny_full_export)
+    model = onnx.load(str(tiny_full_export / "unet.onnx"))
     assert not custom_nodes(model) and not model.functions
     assert not any(i.name.startswith("litefocus_index") for i in model.graph.input)
     assert manifest["verification"]["unet@21"]["max_rel"] <= 1e-4
@@ -116,22 +121,27 @@ def test_output_under_a_file_is_refused(tmp_path):
     assert result.exit_code == 2 and "is not a folder" in result.output
 
 
-def test_fp16_export_keeps_sensitive_ops_fp32_and_stays_close(tmp_path):
-    manifest = export_pipeline("random:audioldm2-tiny", tmp_path / "fp16",
-                               ExportSettings(precision="fp16", stages=("unet",), verify=True))
-    model = onnx.load(str(tmp_path / "fp16" / "unet.onnx"))
+def test_fp16_export_keeps_sensitive_ops_fp32_and_stays_close(tiny_build, tiny_pipeline_factory, tmp_path):
+    """``--precision fp16`` converts the traced UNet (the shared fp32 export here) and stays close to PyTorch."""
+    _, export_dir, _ = tiny_build
+    path = tmp_path / "unet.onnx"
+    shutil.copy(export_dir / "unet.onnx", path)
+    convert_to_fp16(path)
+    model = onnx.load(str(path))
     assert len(custom_nodes(model)) == 20 and model.functions
     fp16_weights = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
     assert len(fp16_weights) > len(model.graph.initializer) // 2
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # fp32 interface
-    for name, result in manifest["verification"].items():
-        assert result["max_rel"] <= 1e-2, (name, result)
+    pipe = tiny_pipeline_factory()
+    for frames in VERIFY_FRAMES:
+        assert verify_unet(pipe, path, ExportSettings(precision="fp16"), frames)[1] <= 1e-2, frames
     # the ORT engine rewrites on fp16 weights with fp32 attention: the op, the split and the fp16 GELU still
     # fire (the full-attention fusion takes float32 chains only and finds none here); outputs stay close
-    from litefocus_export.build.ort_rewrites import rewrite_for_onnxruntime
-    from litefocus_export.runtime.sampler import example_unet_feeds
+    from litefocus_export.backends.onnxruntime.rewrites import rewrite_for_onnxruntime
+    from litefocus_export.contract import example_unet_feeds
 
-    feeds = example_unet_feeds(manifest["stages"]["unet"], 27, seed=1)
+    unet = read_manifest(export_dir)["stages"]["unet"]
+    feeds = example_unet_feeds(unet["inputs"], 27, seed=1, layers=unet["litefocus_layers"], sparse_ratio=0.1)
     (want,) = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
     counts = rewrite_for_onnxruntime(model)
     assert counts["dual_sparse_attention"] == 20 and counts["split_to_sequence"] and counts["erf_gelu"], counts
@@ -139,12 +149,15 @@ def test_fp16_export_keeps_sensitive_ops_fp32_and_stays_close(tmp_path):
     assert np.abs(want - got).max() <= 1e-3 * np.abs(want).max()
 
 
-def test_zero_sparse_ratio_runs_with_an_empty_sample(tmp_path):
-    # M = 0 (pure same-frequency) must stay a dynamic axis of the index input, not a traced constant
-    manifest = export_pipeline("random:audioldm2-tiny", tmp_path / "m0",
-                               ExportSettings(sparse_ratio=0.0, stages=("unet",), verify=True))
-    session = ort.InferenceSession(str(tmp_path / "m0" / "unet.onnx"), providers=["CPUExecutionProvider"])
+def test_zero_sparse_ratio_runs_with_an_empty_sample(tiny_build, tiny_pipeline_factory):
+    """M = 0 (pure same-frequency) stays a dynamic axis: tracing never sees fewer than 2 samples, so the one
+    export serves every ratio; the shared export runs M = 0 and matches PyTorch."""
+    pipe = tiny_pipeline_factory()
+    with patched(pipe, LiteFocusConfig(sparse_ratio=0.0)):
+        assert unet_signature(pipe).inputs["litefocus_index_8"].shape == (20, 2)
+    _, export_dir, _ = tiny_build
+    session = ort.InferenceSession(str(export_dir / "unet.onnx"), providers=["CPUExecutionProvider"])
     index = next(i for i in session.get_inputs() if i.name == "litefocus_index_8")
     assert index.shape == [20, "samples_8"]
-    for name, result in manifest["verification"].items():
-        assert result["max_rel"] <= 1e-4, (name, result)
+    for frames in VERIFY_FRAMES:
+        assert verify_unet(pipe, export_dir / "unet.onnx", ExportSettings(sparse_ratio=0.0), frames)[1] <= 1e-4

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -63,13 +62,6 @@ class TestTensorRTRequired:
     def test_version_tuple(self, version, parsed):
         assert plugin.version_tuple(version) == parsed
 
-    def test_import_is_light(self):
-        code = (
-            "import sys; import litefocus_export.plugins.tensorrt.dual_sparse_attention_plugin; "
-            "print(sorted({'torch', 'triton', 'tensorrt'} & set(sys.modules)))"
-        )
-        out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
-        assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
 
 
 class TestAttributes:
@@ -102,7 +94,7 @@ class TestAotLaunch:
         config = fused.block_config(shape[3], "fp16")
         grid, args = plugin.aot_launch(shape, samples, bins, config.block_t, fused.triton.cdiv, fused)
         q = torch.empty(shape)
-        expected = fused._torch_scalar_args((q, q, q, q), samples, bins)
+        expected = fused.torch_scalar_args((q, q, q, q), samples, bins)
         del expected[7::4]  # the head-dim strides, compiled into the AOT kernel
         assert args == expected
         assert grid == fused.launch_grid(shape, bins, config.block_t)

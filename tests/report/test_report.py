@@ -24,16 +24,9 @@ def run_cli(args: list[str]) -> Any:
 
 
 @pytest.fixture(scope="module")
-def report_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """A private LITEFOCUS_CACHE for this module's exports and engines (set explicitly: conftest sets its own)."""
-    cache = tmp_path_factory.mktemp("report-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LITEFOCUS_CACHE", str(cache))
-        yield cache
-
-
-@pytest.fixture(scope="module")
-def full_report(report_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], str]:
+def full_report(tiny_build: Any, tiny_full_export: Any,
+                tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], str]:
+    """The matrix on the tiny model; its builds take the session's cached exports (no UNet export of its own)."""
     out = tmp_path_factory.mktemp("report") / "out"
     run_cli(["report", *MATRIX, "--steps", "2", "--repeats", "2", "--stages", "all", "--accuracy",
              "--out", str(out)])
@@ -136,7 +129,7 @@ class TestFullReport:
         assert f"onnxruntime {machine['versions']['onnxruntime']}" in markdown
 
 
-def test_unet_stage_mode_reuses_the_engines(report_cache, tmp_path):
+def test_unet_stage_mode_reuses_the_engines(tiny_build, tmp_path):
     out = tmp_path / "unet"
     run_cli(["report", "--seconds", "1", "--backends", "torch,onnxruntime", "--attention", "litefocus",
              "--stages", "unet", "--repeats", "1", "--warmup", "0", "--accuracy", "--threads", "1", "--out", str(out)])
@@ -148,7 +141,7 @@ def test_unet_stage_mode_reuses_the_engines(report_cache, tmp_path):
     assert "Not measured with `--stages unet`" in (out / "report.md").read_text()
 
 
-def test_interrupt_keeps_the_rows_measured(report_cache, tmp_path, monkeypatch):
+def test_interrupt_keeps_the_rows_measured(tmp_path, monkeypatch):
     from litefocus_export.report import matrix
 
     def fake_measure(state, seconds, backend, attention, work):  # noqa: ANN001, ANN202

@@ -8,8 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-from litefocus_export.errors import UsageError
-from litefocus_export.runtime.conditioning import OrtStageRunner, TextConditioner, TextTokenizer
+from litefocus_export.backends.onnxruntime import OrtStage
+from litefocus_export.contract import MAX_NEW_TOKENS_KEY
+from litefocus_export.errors import EngineError, UsageError
+from litefocus_export.runtime.conditioning import TextConditioner, TextTokenizer
 from litefocus_export.runtime.decode import AudioDecoder, trim_waveform
 
 torch = pytest.importorskip("torch")
@@ -30,16 +32,37 @@ CASE_IDS = ["default-negative", "long-negative", "no-guidance", "empty-prompt", 
 
 
 
+class StageFiles:
+    """``(stage, feeds) -> outputs`` over ``folder/<stage>.onnx`` (what ``EngineFolder.run`` is to an engine
+    folder), recording which stages ran."""
+
+    def __init__(self, folder):
+        self.folder, self.stages, self.calls = folder, {}, []
+
+    def __call__(self, stage, feeds):
+        self.calls.append(stage)
+        if stage not in self.stages:
+            self.stages[stage] = OrtStage(self.folder / f"{stage}.onnx")
+        return self.stages[stage](feeds)
+
+
 @pytest.fixture(scope="module", params=TINY, ids=lambda spec: spec.split(":")[1])
 def engine(request, tiny_pipeline_factory, tmp_path_factory):
-    """``(pipe, kind, folder)``: one tiny pipeline with its non-UNet stages exported, once per module."""
+    """``(pipe, kind, folder, max_new_tokens)``: a tiny pipeline with its non-UNet stages exported, once per module."""
     from litefocus_export.export.stages import export_stages
     from litefocus_export.models import pipeline_kind
 
     pipe = tiny_pipeline_factory(request.param)
     folder = tmp_path_factory.mktemp(request.param.split(":")[1])
-    export_stages(pipe, folder)
-    return pipe, pipeline_kind(pipe), folder
+    stages = export_stages(pipe, folder)
+    max_new = stages.get("language_model", {}).get("metadata", {}).get(MAX_NEW_TOKENS_KEY)
+    return pipe, pipeline_kind(pipe), folder, None if max_new is None else int(max_new)
+
+
+def conditioner(engine, **kwargs) -> TextConditioner:
+    _, kind, folder, max_new = engine
+    return TextConditioner(folder, kind, kwargs.pop("run", None) or StageFiles(folder),
+                           max_new_tokens=kwargs.pop("max_new_tokens", max_new))
 
 
 def pipeline_conditioning(
@@ -71,54 +94,44 @@ def assert_close(actual: dict[str, np.ndarray], expected: dict[str, np.ndarray],
 class TestTextConditioner:
     @pytest.mark.parametrize("prompt, negative, guidance", CASES, ids=CASE_IDS)
     def test_matches_the_pipeline(self, engine, prompt, negative, guidance):
-        pipe, kind, folder = engine
-        actual = TextConditioner(folder, kind).encode(prompt, negative, guidance)
+        pipe, kind, _, _ = engine
+        actual = conditioner(engine).encode(prompt, negative, guidance)
         assert_close(actual, pipeline_conditioning(pipe, kind, prompt, negative, guidance))
 
     def test_default_guidance_doubles_the_batch(self, engine):
-        _, kind, folder = engine
-        out = TextConditioner(folder, kind).encode("a cat")
+        kind = engine[1]
+        out = conditioner(engine).encode("a cat")
         assert all(v.shape[0] == 2 for v in out.values())
         if kind == "audioldm2":
             assert out["encoder_attention_mask_1"].dtype == np.int64
             assert out["encoder_hidden_states"].shape[1] == 8
 
-    def test_injected_sessions_and_runner(self, engine):
-        pipe, kind, folder = engine
-        expected = TextConditioner(folder, kind).encode("a cat", "noise", 3.0)
-        sessions = OrtStageRunner(folder)
-        calls: list[str] = []
-
-        def runner(stage, feeds):
-            calls.append(stage)
-            return sessions(stage, feeds)
-
-        assert_close(
-            TextConditioner(folder, kind, sessions=runner).encode("a cat", "noise", 3.0), expected, 0
-        )
-        assert calls.count("text_encoder") == 2
-        assert calls.count("language_model") == (16 if kind == "audioldm2" else 0)
-        mapping = {name: sessions.session(name) for name in set(calls)}
-        assert_close(
-            TextConditioner(folder, kind, sessions=mapping).encode("a cat", "noise", 3.0), expected, 0
-        )
+    def test_every_stage_runs_through_the_given_runner(self, engine):
+        kind, folder = engine[1], engine[2]
+        run = StageFiles(folder)
+        conditioner(engine, run=run).encode("a cat", "noise", 3.0)
+        assert run.calls.count("text_encoder") == 2
+        assert run.calls.count("language_model") == (16 if kind == "audioldm2" else 0)
 
     def test_max_new_tokens_override(self, engine):
-        pipe, kind, folder = engine
+        pipe, kind, _, _ = engine
         if kind != "audioldm2":
             pytest.skip("only AudioLDM2 has a language model")
-        actual = TextConditioner(folder, kind, max_new_tokens=3).encode("a cat", None, 3.5)
+        actual = conditioner(engine, max_new_tokens=3).encode("a cat", None, 3.5)
         assert actual["encoder_hidden_states"].shape[1] == 3
         assert_close(actual, pipeline_conditioning(pipe, kind, "a cat", None, 3.5, max_new_tokens=3))
 
     def test_bad_input(self, engine):
-        _, kind, folder = engine
+        _, kind, folder, _ = engine
         with pytest.raises(
             UsageError, match="unknown pipeline kind 'sd'; valid: audioldm2, audioldm, musicldm"
         ):
-            TextConditioner(folder, "sd")
+            TextConditioner(folder, "sd", StageFiles(folder))
         with pytest.raises(UsageError, match="prompt must be a string"):
-            TextConditioner(folder, kind).encode(["a", "b"])
+            conditioner(engine).encode(["a", "b"])
+        if kind == "audioldm2":
+            with pytest.raises(EngineError, match="needs max_new_tokens"):
+                TextConditioner(folder, kind, StageFiles(folder))
 
 
 class TestTextTokenizer:
@@ -129,7 +142,7 @@ class TestTextTokenizer:
     )
     @pytest.mark.parametrize("padding", ["max_length", "longest"])
     def test_matches_transformers(self, engine, text, padding):
-        pipe, kind, folder = engine
+        pipe, kind, folder, _ = engine
         names = ["tokenizer", "tokenizer_2"] if kind == "audioldm2" else ["tokenizer"]
         for name in names:
             reference = getattr(pipe, name)
@@ -150,7 +163,7 @@ class TestTextTokenizer:
 
 class TestAudioDecoder:
     def test_matches_the_pipeline(self, engine):
-        pipe, _, folder = engine
+        pipe, _, folder, _ = engine
         latents = np.random.default_rng(0).standard_normal((2, 8, 13, 16)).astype(np.float32)
         with torch.no_grad():
             mel = pipe.vae.decode(1 / pipe.vae.config.scaling_factor * torch.from_numpy(latents)).sample
@@ -159,7 +172,7 @@ class TestAudioDecoder:
                     pipe.decode_latents(torch.from_numpy(latents)), mel, rtol=0, atol=0
                 )
             want = pipe.mel_spectrogram_to_waveform(mel).numpy()
-        got = AudioDecoder(folder).decode(latents)
+        got = AudioDecoder(StageFiles(folder)).decode(latents)
         assert got.dtype == np.float32 and got.shape == want.shape
         assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
 
@@ -171,15 +184,17 @@ class TestAudioDecoder:
 
 
 def test_runtime_is_torch_free(engine):
-    """Import, encode and decode in a fresh interpreter without torch, transformers or diffusers loading."""
-    _, kind, folder = engine
+    """Encode and decode in a fresh interpreter without torch, transformers or diffusers loading."""
+    _, kind, folder, max_new = engine
     code = f"""
 import sys
 import numpy as np
+from litefocus_export.backends.onnxruntime import OrtStage
 from litefocus_export.runtime.conditioning import TextConditioner
 from litefocus_export.runtime.decode import AudioDecoder
-out = TextConditioner({str(folder)!r}, {kind!r}).encode("a dog barking", "noise", 3.0)
-AudioDecoder({str(folder)!r}).decode(np.zeros((1, 8, 5, 16), dtype=np.float32))
+run = lambda stage, feeds: OrtStage({str(folder)!r} + "/" + stage + ".onnx")(feeds)
+out = TextConditioner({str(folder)!r}, {kind!r}, run, max_new_tokens={max_new!r}).encode("a dog barking", "noise", 3.0)
+AudioDecoder(run).decode(np.zeros((1, 8, 5, 16), dtype=np.float32))
 loaded = sorted(m for m in ("torch", "transformers", "diffusers") if m in sys.modules)
 assert not loaded, loaded
 """

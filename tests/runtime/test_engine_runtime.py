@@ -12,7 +12,7 @@ import pytest
 import soundfile
 from click.testing import CliRunner
 
-from litefocus_export.build import BuildSettings, build_engines
+from litefocus_export.backends.build import BuildSettings, build_engines
 from litefocus_export.cli import main
 from litefocus_export.errors import EngineError
 from litefocus_export.manifest import read_manifest

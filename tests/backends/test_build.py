@@ -7,7 +7,8 @@ from dataclasses import replace
 import pytest
 from click.testing import CliRunner
 
-from litefocus_export.build import OnnxRuntimeBackend, build_engines
+from litefocus_export.backends.build import build_engines
+from litefocus_export.backends.onnxruntime.builder import OnnxRuntimeBackend
 from litefocus_export.cli import main
 from litefocus_export.manifest import read_manifest
 from litefocus_export.profiles import DurationProfile
@@ -51,7 +52,7 @@ def test_bad_profiles(tmp_path, args, message):
 
 
 def test_engine_key_covers_litefocus_settings_and_stages(tiny_build):
-    from litefocus_export.build import engine_key
+    from litefocus_export.backends.build import engine_key
 
     _, export_dir, settings = tiny_build
     manifest = read_manifest(export_dir)

@@ -1,6 +1,6 @@
 """ONNX Runtime engines: each stage saved as an offline-optimised graph plus its session settings.
 
-Each stage is first rewritten for ORT (build/ort_rewrites.py: DualSparseAttention and the full
+Each stage is first rewritten for ORT (``rewrites.py``: DualSparseAttention and the full
 attention layers as contrib MultiHeadAttention, flash-style kernels instead of materialised scores);
 the manifest records per stage how often each rewrite fired.
 The saved graph then has ORT's portable graph optimisations applied once at build time (constants
@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import BuildError, first_line
-from .ort_rewrites import REWRITES, REWRITES_VERSION
+from ...errors import BuildError, first_line
+from .rewrites import REWRITES, REWRITES_VERSION
 
 log = logging.getLogger(__name__)
 SAVED_LEVEL = "ORT_ENABLE_EXTENDED"  # part of the engine key: a change rebuilds
@@ -84,11 +84,11 @@ class OrtEngineFromOnnx:
 
 
 def rewrite_to_file(onnx_path: Path, out_path: Path) -> dict[str, int]:
-    """Apply the engine rewrites (build/ort_rewrites.py) to ``onnx_path``; when any fired, save the result
+    """Apply the engine rewrites (``rewrites.py``) to ``onnx_path``; when any fired, save the result
     as ``out_path`` (weights over ``WEIGHTS_INLINE_LIMIT`` in ``<out_path>.data``). Returns the counts."""
     import onnx
 
-    from .ort_rewrites import rewrite_for_onnxruntime
+    from .rewrites import rewrite_for_onnxruntime
 
     model = onnx.load(str(onnx_path))
     counts = rewrite_for_onnxruntime(model)
@@ -106,7 +106,7 @@ def rewrite_to_file(onnx_path: Path, out_path: Path) -> dict[str, int]:
 def backend_info(providers: list[str]) -> dict[str, Any]:
     import onnxruntime as ort
 
-    from .cache import cpu_architecture
+    from ..cache import cpu_architecture
 
     info = {"name": "onnxruntime", "version": ort.__version__, "providers": providers,
             "device": device_of(providers), "architecture": cpu_architecture(),
@@ -126,3 +126,20 @@ def _cuda_architecture() -> str | None:
         return out.strip().splitlines()[0]
     except Exception:  # noqa: BLE001 - absent tool or driver
         return None
+
+
+class OnnxRuntimeBackend:
+    """The ``build`` step for ONNX Runtime: every stage as a rewritten, offline-optimised graph."""
+
+    def __init__(self, device: str):
+        self.providers = available_device(device)
+        self.info = backend_info(self.providers)  # part of the engine key; asked for once per build
+
+    def build(self, export_dir: Path, export_manifest: dict[str, Any], out: Path) -> dict[str, Any]:
+        """Build every stage of the export into ``out``; returns the manifest's stage entries."""
+        stages = {}
+        for name, desc in export_manifest["stages"].items():
+            engine = OrtEngineFromOnnx(export_dir / desc["file"], out / desc["file"], self.providers)
+            engine()
+            stages[name] = {**desc, "engine": desc["file"], "ort_rewrites": engine.rewrites}
+        return stages

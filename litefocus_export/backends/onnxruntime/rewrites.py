@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..attention.onnx_mha import CONTRIB_DOMAIN, NodeWriter, attribute, lower_to_multihead_attention, lowerable
+from ...attention.onnx_mha import CONTRIB_DOMAIN, NodeWriter, attribute, lower_to_multihead_attention, lowerable
 
 log = logging.getLogger(__name__)
 FLOAT, FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16

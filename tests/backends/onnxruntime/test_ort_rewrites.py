@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
-from litefocus_export.build.ort_rewrites import (
+from litefocus_export.backends.onnxruntime.rewrites import (
     fuse_erf_gelu,
     fuse_softmax_attention,
     rewrite_for_onnxruntime,
@@ -164,7 +164,7 @@ def test_erf_gelu_becomes_one_gelu(swap):
 def test_dual_sparse_attention_with_shared_keys_and_values_lowers():
     """k and v one tensor (names are by role), and a zero scale (MHA reads it as 1/sqrt(D)) is kept as is."""
     from litefocus_export.attention.onnx_function import attach_function, make_node
-    from litefocus_export.build.ort_rewrites import lower_dual_sparse_attention
+    from litefocus_export.backends.onnxruntime.rewrites import lower_dual_sparse_attention
 
     def model(scale: float) -> onnx.ModelProto:
         node = make_node(["q", "kv", "kv", "idx"], "out", freq_bins=3, scale=scale, same_frequency=True,
@@ -189,13 +189,14 @@ def test_gelu_look_alike_is_left_alone():
 
 def rewritten_unet_matches(path, unet: dict, tol: float) -> dict[str, int]:
     """ORT on the exported UNet vs ORT on its rewritten copy (odd latent length); returns the rewrite counts."""
-    from litefocus_export.runtime.sampler import example_unet_feeds
+    from litefocus_export.contract import example_unet_feeds
 
     model = onnx.load(str(path))
     rewritten = onnx.ModelProto()
     rewritten.CopyFrom(model)
     counts = rewrite_for_onnxruntime(rewritten)
-    feeds = example_unet_feeds(unet, 27, seed=1, token_counts={"text_tokens": 7})
+    feeds = example_unet_feeds(unet["inputs"], 27, seed=1, layers=unet.get("litefocus_layers", []), sparse_ratio=0.1,
+                               tokens={"text_tokens": 7})
     (want,), (got,) = run(model, feeds), run(rewritten, feeds)
     assert np.abs(want - got).max() <= tol * np.abs(want).max()
     return counts
@@ -212,7 +213,7 @@ def test_tiny_unet_engine_rewrites_fire_and_keep_its_output(tiny_build):
 
 def test_rewritten_model_with_weights_in_a_side_file_loads(tiny_build, tmp_path, monkeypatch):
     """The path real-size UNets take (weights over the inline limit go to one .data file beside it)."""
-    from litefocus_export.build import onnxruntime as ort_build
+    from litefocus_export.backends.onnxruntime import builder as ort_build
 
     _, export_dir, _ = tiny_build
     monkeypatch.setattr(ort_build, "WEIGHTS_INLINE_LIMIT", 0)
@@ -224,7 +225,7 @@ def test_rewritten_model_with_weights_in_a_side_file_loads(tiny_build, tmp_path,
 
 
 def test_failed_engine_build_is_one_line_and_leaves_no_work_files(tiny_build, tmp_path, monkeypatch):
-    from litefocus_export.build.onnxruntime import OrtEngineFromOnnx
+    from litefocus_export.backends.onnxruntime.builder import OrtEngineFromOnnx
     from litefocus_export.errors import BuildError
 
     _, export_dir, _ = tiny_build

@@ -1,0 +1,45 @@
+"""Engine backends, one subpackage each (polygraphy's ``backend/<name>/``): its builder (loader steps) and
+its torch-free runner together, with its own support code.
+
+- ``onnxruntime/``: graph rewrites, ``OnnxRuntimeBackend`` (builder), ``OrtStage`` (runner);
+- ``tensorrt/``: version/plugin support, profile shapes, ``TensorRTBackend`` (builder), ``TrtStage`` (runner);
+- ``cache.py``: cache keys and folders; ``build.py``: ``build_engines`` (export, then one backend's build).
+
+The runtime opens stages through :func:`open_stage`, by the backend an engine manifest names; importing
+this package loads no build code (``backends.build`` imports the export side).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import EngineError
+
+BACKENDS = ("onnxruntime", "tensorrt")
+
+Stage = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+def open_stage(backend: Mapping[str, Any], path: Path, threads: int = 0) -> Stage:
+    """The runner of one engine stage file, for the backend a manifest's ``backend`` entry describes.
+
+    Raises:
+        EngineError: an unknown backend, or a file the backend cannot load.
+    """
+    name = backend.get("name")
+    if name == "onnxruntime":
+        from .onnxruntime.runner import CPU_PROVIDERS, OrtStage
+
+        return OrtStage(path, backend.get("providers") or CPU_PROVIDERS, threads)
+    if name == "tensorrt":
+        from .tensorrt.runner import TrtStage
+
+        return TrtStage(path)
+    raise EngineError(f"unknown engine backend {name!r} in the manifest; this tool runs {', '.join(BACKENDS)}")
+
+
+__all__ = ["BACKENDS", "Stage", "open_stage"]

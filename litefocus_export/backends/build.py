@@ -1,0 +1,180 @@
+"""Engines per duration profile: export (cached) -> per-backend engine folder with a manifest.
+
+``build_engines`` is what ``litefocus-export build`` runs. The folder is written to a temp name and
+renamed when complete; a folder whose manifest carries the same key is reused as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ..errors import BuildError, EngineError, UsageError, check_choice
+from ..export import EXPORT_FORMAT, ExportSettings, check_output_folder, replace_folder
+from ..manifest import read_manifest, sha256_file, tool_versions, write_manifest
+from ..models.specs import DEFAULT_SPEC, check_spec, spec_fingerprint
+from ..profiles import DurationProfile
+from . import BACKENDS
+from .cache import cache_key, cache_root, folder_name
+from .tensorrt.support import ATTENTION_IMPLS
+
+log = logging.getLogger(__name__)
+COPIED = ("tokenizer", "tokenizer_2", "scheduler_config.json")
+
+
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """What to build; checked when constructed, so a bad value costs no model load.
+
+    Args:
+        model: model spec (default ``models.DEFAULT_SPEC``).
+        profile: the durations the engines serve.
+        backend: ``"onnxruntime"`` or ``"tensorrt"``.
+        device: ONNX Runtime execution provider, ``"cpu"`` or ``"cuda"``.
+        attention_impl: TensorRT's LiteFocus implementation, ``"native"`` or ``"plugin"``.
+        export: the ONNX export settings (attention, ratio, levels, precision).
+
+    Raises:
+        UsageError: any value outside its choices, or of the wrong type.
+    """
+
+    model: str = DEFAULT_SPEC
+    profile: DurationProfile = field(default_factory=lambda: DurationProfile.for_seconds(10))
+    backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    device: Literal["cpu", "cuda"] = "cpu"
+    attention_impl: Literal["plugin", "native"] = "native"
+    export: ExportSettings = field(default_factory=ExportSettings)
+
+    def __post_init__(self) -> None:
+        check_spec(self.model)
+        check_choice("backend", self.backend, BACKENDS)
+        check_choice("device", self.device, DEVICES)
+        check_choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
+        if not isinstance(self.profile, DurationProfile):
+            raise UsageError(f"profile must be a DurationProfile, got {type(self.profile).__name__}")
+        if not isinstance(self.export, ExportSettings):
+            raise UsageError(f"export must be ExportSettings, got {type(self.export).__name__}")
+
+
+def export_folder(settings: BuildSettings, stages: tuple[str, ...] | None) -> Path:
+    """Where the cache keeps the export of ``settings`` with ``stages`` (None: every stage)."""
+    export = settings.export
+    tools = tool_versions("litefocus-export", "torch", "diffusers", "transformers", "onnx")
+    key = cache_key({"model": spec_fingerprint(settings.model), "attention": export.attention,
+                     "ratio": export.sparse_ratio, "levels": export.levels, "opset": export.opset,
+                     "precision": export.precision, "stages": stages, "tools": tools, "format": EXPORT_FORMAT})
+    return cache_root() / "exports" / f"{folder_name(settings.model)}-{export.attention}-{key}"
+
+
+def cached_export(settings: BuildSettings) -> Path:
+    """The ONNX export for ``settings`` from the cache, exporting it first when absent.
+
+    A build of some stages also takes a cached export of every stage (the build uses the stages it asks for).
+    """
+    from ..export import export_pipeline
+
+    wanted = settings.export.stages
+    for stages in (wanted, None) if wanted is not None else (None,):
+        folder = export_folder(settings, stages)
+        try:
+            read_manifest(folder)
+        except EngineError:
+            continue
+        log.info("reusing cached export %s", folder)
+        return folder
+    folder = export_folder(settings, wanted)
+    log.info("exporting %s to ONNX (cached at %s) ...", settings.model, folder)
+    export_pipeline(settings.model, folder, settings.export)
+    return folder
+
+
+def built_stages(settings: BuildSettings, export_manifest: dict[str, Any]) -> dict[str, Any]:
+    """The export manifest with only the stages ``settings`` asks for (all when it names none)."""
+    wanted = settings.export.stages
+    if wanted is None:
+        return export_manifest
+    missing = [s for s in wanted if s not in export_manifest["stages"]]
+    if missing:
+        have = ", ".join(export_manifest["stages"])
+        raise BuildError(f"the export has no {', '.join(missing)} stage (stages: {have})")
+    return {**export_manifest, "stages": {k: v for k, v in export_manifest["stages"].items() if k in wanted}}
+
+
+def engine_key(settings: BuildSettings, export_manifest: dict[str, Any], backend: dict[str, Any]) -> str:
+    return cache_key({"files": {k: v["sha256"] for k, v in export_manifest["files"].items()},
+                      "litefocus": export_manifest.get("litefocus"), "stages": sorted(export_manifest["stages"]),
+                      "profile": settings.profile.to_dict(), "precision": settings.export.precision,
+                      "backend": backend})
+
+
+def engine_folder(out_root: Path, settings: BuildSettings) -> Path:
+    export = settings.export
+    return out_root / folder_name(settings.model, settings.profile.name, export.attention, settings.backend,
+                                  settings.device if settings.backend == "onnxruntime" else settings.attention_impl,
+                                  export.precision)
+
+
+def build_engines(settings: BuildSettings, out_root: str | os.PathLike = "engines") -> Path:
+    """Build (or reuse) the engine folder for ``settings`` under ``out_root``; returns its path."""
+    out_root = Path(out_root)
+    check_output_folder(out_root)
+    backend = _backend(settings)
+    export_dir = cached_export(settings)
+    export_manifest = built_stages(settings, read_manifest(export_dir))
+    key = engine_key(settings, export_manifest, backend.info)
+    target = engine_folder(out_root, settings)
+    try:
+        if read_manifest(target).get("engine_key") == key:
+            log.info("engines up to date: %s", target)
+            return target
+    except EngineError:
+        pass
+    out_root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=out_root))
+    try:
+        start = time.perf_counter()
+        stages = backend.build(export_dir, export_manifest, tmp)
+        for name in COPIED:
+            src = export_dir / name
+            if src.is_dir():
+                shutil.copytree(src, tmp / name)
+            elif src.is_file():
+                shutil.copy2(src, tmp / name)
+        data = {"kind": "engine", "engine_key": key, "model": export_manifest["model"],
+                "geometry": export_manifest["geometry"], "attention": export_manifest["attention"],
+                "litefocus": export_manifest["litefocus"], "precision": export_manifest["precision"],
+                "profiles": [settings.profile.to_dict()],
+                "latent_frames": list(settings.profile.latent_frames()),
+                "backend": backend.info, "stages": stages,
+                "export": {"folder": str(export_dir), "manifest_sha256": sha256_file(export_dir / "manifest.json")},
+                "tools": tool_versions("litefocus-export", "onnxruntime", "numpy", "tensorrt", "polygraphy"),
+                "build_seconds": round(time.perf_counter() - start, 2)}
+        write_manifest(tmp, data, sorted(os.listdir(tmp)))
+        replace_folder(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _backend(settings: BuildSettings) -> Any:
+    """The backend's build step (``build(export_dir, export_manifest, out) -> stage entries`` and ``info``)."""
+    if settings.backend == "onnxruntime":
+        from .onnxruntime.builder import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(settings.device)
+    from .tensorrt.builder import TensorRTBackend
+
+    try:
+        return TensorRTBackend(settings.profile.latent_frames(), settings.attention_impl)
+    except ImportError as exc:
+        raise BuildError(f"the tensorrt backend is unavailable: {exc}") from None
