@@ -1,17 +1,38 @@
 #!/usr/bin/env bash
-# Device check on a CUDA machine, from a clean checkout:  bash scripts/device_check.sh
+# Device check on a CUDA machine, from a clean checkout:  bash scripts/device_check.sh [OUT_DIR]
 #
 #   1. the fused Triton kernel: python scripts/device_check_kernel.py (correctness, then speed);
-#   2. where TensorRT is installed: build the tiny random AudioLDM2 at 10 s with the TensorRT backend
+#   2. end to end: python scripts/device_check_e2e.py (real-size random AudioLDM2: parity, one UNet
+#      evaluation at 10/40/80 s and a whole 80 s generation, stock vs LiteFocus), writing e2e.json and
+#      e2e.md into OUT_DIR (default $OUT, else device_check_out); it needs diffusers: where it is missing,
+#      wheels carried in .whl/ are installed into a temp folder first;
+#   3. where TensorRT is installed: build the tiny random AudioLDM2 at 10 s with the TensorRT backend
 #      (LiteFocus as plugin, then as native function body) and compare each UNet engine, run through the
 #      runtime's TrtStage, with ONNX Runtime on the exported unet.onnx (same feeds, profile's opt shape).
 #
-# Without TensorRT, step 2 prints a line and is skipped. Exits 1 if a check fails.
+# Steps 1-2 stay under ~8 minutes on an H200 (step 2 gets what is left of 420 s as its --budget-s and skips
+# the rest with a note). Without diffusers, step 2 prints a line and is skipped; without TensorRT, step 3.
+# Exits 1 if a check fails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 status=0
+out="${1:-${OUT:-device_check_out}}"
+mkdir -p "$out"
 
-python scripts/device_check_kernel.py || status=1
+python scripts/device_check_kernel.py 2>&1 | tee "$out/kernel.log" || status=1
+
+if ! python -c "import diffusers" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
+    site=$(mktemp -d)
+    python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" .whl/*.whl \
+        && export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+if python -c "import diffusers" 2>/dev/null; then
+    budget=$(( 420 - SECONDS > 60 ? 420 - SECONDS : 60 ))
+    PYTHONUNBUFFERED=1 python scripts/device_check_e2e.py --out "$out" --budget-s "$budget" 2>&1 \
+        | tee "$out/e2e.log" || status=1
+else
+    echo "diffusers not installed (carry its wheel in .whl/): skipped the end-to-end check"
+fi
 
 if ! python -c "import tensorrt" 2>/dev/null; then
     echo "TensorRT not installed: skipped the engine build"
@@ -45,31 +66,17 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from litefocus_export.build.tensorrt import profile_shapes
-from litefocus_export.geometry import downsampled_length
+from litefocus_export.backends.tensorrt import TrtStage
+from litefocus_export.contract import example_unet_feeds
 from litefocus_export.manifest import read_manifest
-from litefocus_export.runtime.tensorrt_runner import TrtStage
 
 folder, impl = Path(sys.argv[1]), sys.argv[2]
 manifest = read_manifest(folder)
 unet = manifest["stages"]["unet"]
 frames = manifest["latent_frames"]
-layers = unet.get("litefocus_layers") or []
-shapes = profile_shapes("unet", unet["inputs"], frames, litefocus=manifest["litefocus"], layers=layers)
-rng = np.random.default_rng(0)
-feeds = {}
-for name, (_, opt, _) in shapes.items():
-    if name.startswith("litefocus_index_"):  # distinct token indices of each patched layer, as the sampler draws
-        width = int(name.rsplit("_", 1)[1])
-        level = next(layer["level"] for layer in layers if layer["width"] == width)
-        tokens = downsampled_length(frames[1], level) * width
-        feeds[name] = np.stack([rng.choice(tokens, opt[1], replace=False) for _ in range(opt[0])]).astype(np.int64)
-    elif unet["inputs"][name]["dtype"] == "int64":
-        feeds[name] = np.ones(opt, np.int64)
-    elif name == "timestep":
-        feeds[name] = np.full(opt, 500.0, np.float32)
-    else:
-        feeds[name] = rng.standard_normal(opt, dtype=np.float32)
+# the engine profile's opt shape (batch 2, the build's opt length), samples drawn as the sampler draws them
+feeds = example_unet_feeds(unet["inputs"], frames[1], seed=0, layers=unet.get("litefocus_layers") or [],
+                           sparse_ratio=(manifest["litefocus"] or {}).get("sparse_ratio", 0.0))
 
 with TrtStage(folder / unet["engine"]) as stage:
     got = stage(feeds)["noise_pred"]

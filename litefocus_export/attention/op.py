@@ -91,14 +91,11 @@ def _register_triton_cuda_kernel() -> None:
     if interpreter or importlib.util.find_spec("triton") is None:
         return
 
+    from ..kernels import plugin_module
+
     @functools.cache
     def kernel_module():  # noqa: ANN202
-        try:
-            return importlib.import_module("litefocus_export.plugins.triton.dual_sparse_attention")
-        except ModuleNotFoundError as missing:  # repository on sys.path, not installed: plugins/ is top-level
-            if not (missing.name or "").startswith("litefocus_export.plugins"):
-                raise
-            return importlib.import_module("plugins.triton.dual_sparse_attention")
+        return plugin_module("triton.dual_sparse_attention")
 
     @dual_sparse_attention_op.register_kernel("cuda")
     def _cuda(q, k, v, sample_index, freq_bins, scale, same_frequency, cross_frequency):  # noqa: ANN001

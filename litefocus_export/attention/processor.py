@@ -43,7 +43,9 @@ class LiteFocusAttnProcessor:
         index = self.samples(self.name, n_tokens)
         if isinstance(index, np.ndarray):
             index = torch.from_numpy(index)
-        return index.to(device=device, dtype=torch.int64)
+        if device.type == "cuda" and index.device.type == "cpu":
+            index = index.pin_memory()  # a copy from pageable memory would synchronise the stream at every call
+        return index.to(device=device, dtype=torch.int64, non_blocking=True)
 
     def __call__(
         self,

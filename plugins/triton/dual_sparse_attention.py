@@ -27,6 +27,7 @@ from litefocus_export.attention.reference import check_inputs
 from litefocus_export.errors import BuildError, UsageError
 
 MAX_HEAD_DIM = 128
+FP32_DOT_PRECISIONS = ("ieee", "tf32x3", "tf32")
 SUPPORTED_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 _TENSOR_POINTERS = ("q_ptr", "k_ptr", "v_ptr", "out_ptr")
 _HEAD_DIM_STRIDES = ("stride_qd", "stride_kd", "stride_vd", "stride_od")
@@ -118,17 +119,29 @@ def dual_sparse_attention_kernel(
 
 @dataclass(frozen=True)
 class BlockConfig:
-    """Tile sizes and launch settings shared by the PyTorch launcher and the AOT compile."""
+    """Tile sizes and launch settings shared by the PyTorch launcher and the AOT compile.
+
+    ``fp32_dot`` is the tl.dot input precision for fp32 q, k, v (fp16/bf16 ignore it): ``"ieee"`` (exact
+    fp32 products), ``"tf32x3"`` (three TF32 products per fp32 one, fp32-level accuracy on tensor cores),
+    ``"tf32"`` (one TF32 product: ~1e-3 relative error, as torch's own TF32 matmuls) or None: follow
+    torch's fp32 matmul setting (``"tf32"`` where TF32 is allowed, else ``"ieee"``; the AOT compile
+    takes ``"ieee"``).
+    """
 
     block_t: int
     block_n: int
     block_d: int
     num_warps: int = 4
     num_stages: int = 2
+    fp32_dot: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.fp32_dot is not None and self.fp32_dot not in FP32_DOT_PRECISIONS:
+            raise UsageError(f"dual_sparse_attention_triton: fp32_dot {self.fp32_dot!r} not in {FP32_DOT_PRECISIONS}")
 
 
 def block_config(head_dim: int, dtype_name: str, block_t: int | None = None,
-                 block_n: int | None = None) -> BlockConfig:
+                 block_n: int | None = None, fp32_dot: str | None = None) -> BlockConfig:
     """Default tiles for ``head_dim`` and dtype (``"fp32"``, ``"fp16"``, ``"bf16"``).
 
     Tiles shrink as rows widen so that shared memory stays <= 48 KiB: TensorRT launches AOT kernels
@@ -144,6 +157,7 @@ def block_config(head_dim: int, dtype_name: str, block_t: int | None = None,
         block_d=block_d,
         # 3 stages measured fastest at the 80 s fp16 shape (H200 sweep, docs/device_check_kernel_h200.log)
         num_stages=(3 if row_bytes <= 64 else 2) if row_bytes <= 256 else 1,
+        fp32_dot=fp32_dot,
     )
 
 
@@ -165,7 +179,7 @@ def aot_scalar_args(q_shape: Sequence[Any], num_samples: Any, freq_bins: Any) ->
     return [heads, tokens // freq_bins, freq_bins, num_samples, *strides * 4]
 
 
-def _torch_scalar_args(tensors: Sequence[torch.Tensor], num_samples: int, freq_bins: int) -> list[int]:
+def torch_scalar_args(tensors: Sequence[torch.Tensor], num_samples: int, freq_bins: int) -> list[int]:
     """Runtime int arguments for q, k, v, out with any strides (a (B, N, H, D) buffer's views: no copy)."""
     _, heads, tokens, _ = tensors[0].shape
     strides = [s for t in tensors for s in t.stride()]
@@ -199,9 +213,26 @@ def supports(q: torch.Tensor) -> bool:
     return q.is_cuda and q.dtype in SUPPORTED_DTYPES and 0 < q.shape[-1] <= MAX_HEAD_DIM
 
 
-def _precision(dtype_name: str) -> str:
-    # fp32 stays exact ("ieee", as torch's fp32 matmul by default); fp16/bf16 use tensor cores anyway
-    return "ieee" if dtype_name == "fp32" else "tf32"
+def torch_fp32_dot() -> str:
+    """``"tf32"`` where torch allows TF32 in its own fp32 CUDA matmuls, else ``"ieee"`` (torch's default).
+
+    Reads the newer ``torch.backends.cuda.matmul.fp32_precision`` where it exists ("none" defers to the
+    global setting), else ``torch.get_float32_matmul_precision()`` ("highest" is the only exact one).
+    """
+    matmul = getattr(torch.backends.cuda.matmul, "fp32_precision", None)
+    if matmul == "none":
+        matmul = getattr(torch.backends, "fp32_precision", "none")
+    if matmul in ("ieee", "tf32"):
+        return matmul
+    try:
+        return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+    except RuntimeError:  # torch refuses to answer when its legacy and new precision APIs were mixed
+        return "ieee"
+
+
+def _precision(dtype_name: str, fp32_dot: str = "ieee") -> str:
+    # fp32: "ieee" by default (exact, as torch's fp32 matmul by default); fp16/bf16 use tensor cores anyway
+    return fp32_dot if dtype_name == "fp32" else "tf32"
 
 
 def dual_sparse_attention_triton(
@@ -227,7 +258,9 @@ def dual_sparse_attention_triton(
         out: optional ``(B, H, N, D)`` tensor of q's dtype to write into (any strides; must not
             overlap q, k, v).
         config: tiles and launch settings, default ``block_config(D, dtype)`` (tests shrink the tiles to
-            cover ragged blocks; the device check sweeps them).
+            cover ragged blocks; the device check sweeps them). Its ``fp32_dot`` picks the fp32 dot
+            precision; None (default) follows torch's fp32 matmul setting, so fp32 stays exact unless
+            the caller allowed TF32 (``torch.backends.cuda.matmul.fp32_precision = "tf32"``).
 
     Returns:
         ``out`` or a new tensor laid out like ``q``.
@@ -246,14 +279,16 @@ def dual_sparse_attention_triton(
         raise UsageError(f"dual_sparse_attention_triton: out must be {tuple(q.shape)} {q.dtype}")
     num_samples = sample_index.numel() if cross_frequency else 0
     scale = dim**-0.5 if scale is None else float(scale)
+    dtype_name = SUPPORTED_DTYPES[q.dtype]
+    fp32_dot = config.fp32_dot or (torch_fp32_dot() if dtype_name == "fp32" else "ieee")
     grid = launch_grid(q.shape, freq_bins, config.block_t)
     dual_sparse_attention_kernel[grid](
         q, k, v, sample_index.contiguous(),
-        *_torch_scalar_args((q, k, v, out), num_samples, freq_bins),
+        *torch_scalar_args((q, k, v, out), num_samples, freq_bins),
         out, scale * _LOG2_E,
         HEAD_DIM=dim, BLOCK_D=config.block_d, BLOCK_T=config.block_t, BLOCK_N=config.block_n,
         SAME_FREQUENCY=same_frequency, CROSS_FREQUENCY=cross_frequency and num_samples > 0,
-        PRECISION=_precision(SUPPORTED_DTYPES[q.dtype]), UPCAST=_interpreted() and q.dtype == torch.bfloat16,
+        PRECISION=_precision(dtype_name, fp32_dot), UPCAST=_interpreted() and q.dtype == torch.bfloat16,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return out
@@ -313,7 +348,8 @@ def compile_for_aot(
     constexprs = dict.fromkeys(_HEAD_DIM_STRIDES, 1) | {
         "qk_scale": float(scale) * _LOG2_E, "HEAD_DIM": head_dim, "BLOCK_D": config.block_d,
         "BLOCK_T": config.block_t, "BLOCK_N": config.block_n, "SAME_FREQUENCY": bool(same_frequency),
-        "CROSS_FREQUENCY": bool(cross_frequency), "PRECISION": _precision(dtype_name), "UPCAST": False,
+        "CROSS_FREQUENCY": bool(cross_frequency), "PRECISION": _precision(dtype_name, config.fp32_dot or "ieee"),
+        "UPCAST": False,
     }
     source = triton.compiler.ASTSource(
         fn=dual_sparse_attention_kernel, signature=aot_signature(dtype_name), constexprs=constexprs,

@@ -156,7 +156,7 @@ class TestLaunchParameters:
 
     def test_aot_args_match_the_launcher_for_contiguous_tensors(self):
         q = torch.empty(2, 8, 8000, 32)
-        jit = fused._torch_scalar_args((q, q, q, q), 800, 8)
+        jit = fused.torch_scalar_args((q, q, q, q), 800, 8)
         head_dim_strides = {7, 11, 15, 19}  # stride_*d, compiled in as 1 by the AOT variant
         aot = fused.aot_scalar_args(q.shape, 800, 8)
         assert [a for i, a in enumerate(jit) if i not in head_dim_strides] == aot

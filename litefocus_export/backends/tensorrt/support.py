@@ -10,6 +10,7 @@ import importlib
 import logging
 from typing import Any
 
+from ... import kernels
 from ...errors import EngineError, LiteFocusError, UsageError, first_line
 
 log = logging.getLogger(__name__)
@@ -23,13 +24,8 @@ _CC_MAJOR, _CC_MINOR = 75, 76
 
 
 def plugin_module() -> Any:
-    """The TensorRT plugin module, installed (``litefocus_export.plugins``) or from a source checkout."""
-    try:
-        return importlib.import_module("litefocus_export.plugins.tensorrt.dual_sparse_attention_plugin")
-    except ModuleNotFoundError as missing:
-        if not (missing.name or "").startswith("litefocus_export.plugins"):
-            raise
-        return importlib.import_module("plugins.tensorrt.dual_sparse_attention_plugin")
+    """The TensorRT plugin module (``plugins/tensorrt``), installed or from a source checkout."""
+    return kernels.plugin_module("tensorrt.dual_sparse_attention_plugin")
 
 
 def cuda_devices() -> list[tuple[str, str]]:
