@@ -8,11 +8,13 @@ shows the traceback.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 
 import click
 
+from .audio import DEFAULT_FORMAT, WAV_FORMATS, write_wav
 from .contract import DEFAULT_LEVELS, DEFAULT_SPARSE_RATIO, MIN_OPSET, check_levels, check_sparse_ratio
 from .errors import LiteFocusError, UsageError
 from .models.specs import DEFAULT_SPEC as DEFAULT_MODEL
@@ -20,10 +22,12 @@ from .models.specs import check_spec
 
 log = logging.getLogger("litefocus_export")
 DEFAULT_LEVELS_TEXT = ",".join(map(str, DEFAULT_LEVELS))
+FORCE_HELP = ("Replace the output folder even when it holds files that are not a litefocus-export folder "
+              "(without it such a folder is refused and left as it is).")
 
 
 class Group(click.Group):
-    """Turns our exceptions into one-line errors unless --debug is on."""
+    """Turns our exceptions and click's usage errors into one-line errors unless --debug is on."""
 
     def invoke(self, ctx: click.Context):  # noqa: ANN201
         try:
@@ -33,6 +37,12 @@ class Group(click.Group):
                 raise
             click.echo(f"error: {exc}", err=True)
             ctx.exit(2 if isinstance(exc, UsageError) else 1)
+        except click.UsageError as exc:  # a bad option value: one line too, not click's usage block
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            command = f" (see litefocus-export {exc.ctx.command.name} --help)" if exc.ctx and exc.ctx.command else ""
+            click.echo(f"error: {exc.format_message()}{command}", err=True)
+            ctx.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
@@ -49,8 +59,22 @@ def main(ctx: click.Context, debug: bool, quiet: bool) -> None:
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
     if not debug:
-        for noisy in ("diffusers", "transformers", "torch", "onnxscript", "onnx_ir", "polygraphy"):
-            logging.getLogger(noisy).setLevel(logging.ERROR)
+        quiet_third_parties()
+    # SIGTERM unwinds like an error: partial folders and temp files are removed on the way out
+    signal.signal(signal.SIGTERM, _terminate)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def quiet_third_parties() -> None:
+    """Third-party warnings and log lines only with --debug: ours say what matters, in one line."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    for noisy in ("diffusers", "transformers", "torch", "onnxscript", "onnx_ir", "polygraphy", "onnxruntime"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
 def attention_options(func):  # noqa: ANN001, ANN201
@@ -77,11 +101,17 @@ def request_options(func):  # noqa: ANN001, ANN201
         click.option("--seconds", type=str, default="10", show_default=True, help="Audio length."),
         click.option("--steps", type=int, default=10, show_default=True, help="Denoising steps."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed for noise and samples."),
-        click.option("--guidance", type=float, default=None, help="Guidance scale (pipeline default)."),
-        click.option("--negative-prompt", default=None, help="Negative prompt."),
+        click.option("--guidance", type=float, default=None,
+                     help="Classifier-free guidance scale in [1, 20], 1 = none  [default: the pipeline's: "
+                          "AudioLDM2 3.5, AudioLDM 2.5, MusicLDM 2.0]"),
+        click.option("--negative-prompt", default=None, help="Negative prompt (default: empty)."),
         click.option("--scheduler", type=click.Choice(["ddim", "dpm"]), default="ddim", show_default=True),
-        click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
-                     help="WAV file to write."),
+        click.option("--out", "out", required=True,
+                     help="WAV file to write ('-': standard output). A file is replaced atomically; a device or "
+                          "FIFO is written through."),
+        click.option("--format", "wav_format", type=click.Choice(list(WAV_FORMATS)), default=DEFAULT_FORMAT,
+                     show_default=True, help="WAV sample format (float32 keeps values past +-1; many tools "
+                                             "cannot read it)."),
     ]):
         func = decorator(func)
     return func
@@ -90,16 +120,23 @@ def request_options(func):  # noqa: ANN001, ANN201
 @main.command()
 @click.option("--backend", type=click.Choice(["torch", "engines"]), default=None,
               help="torch: the diffusers pipeline; engines: a built engine folder (default when --engines is given).")
-@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Model spec (torch backend).")
-@click.option("--engines", "engines", type=click.Path(path_type=Path), default=None, help="Engine folder.")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True,
+              help="Model spec (torch backend only; engines keep the model they were built from).")
+@click.option("--engines", "engines", type=click.Path(path_type=Path), default=None,
+              help="Engine folder (engines backend).")
 @attention_options
 @request_options
 def generate(backend, model, engines, attention, sparse_ratio, levels, prompt, seconds, steps, seed,  # noqa: ANN001
-             guidance, negative_prompt, scheduler, out) -> None:
-    """Generate audio from text with PyTorch or with built engines."""
-    from .audio import check_output_file, write_wav
+             guidance, negative_prompt, scheduler, out, wav_format) -> None:
+    """Generate audio from text with PyTorch or with built engines.
+
+    --model, --attention, --sparse-ratio and --levels apply to the torch backend; engines were built with them.
+    """
+    from .outputs import check_output_file
     from .request import GenerationRequest
 
+    if backend == "torch" and engines is not None:
+        raise UsageError("--engines goes with the engines backend, not --backend torch")
     backend = backend or ("engines" if engines else "torch")
     torch_only = {"--model": model != DEFAULT_MODEL, "--attention": attention != "litefocus",
                   "--sparse-ratio": sparse_ratio != DEFAULT_SPARSE_RATIO, "--levels": levels != DEFAULT_LEVELS_TEXT}
@@ -111,7 +148,7 @@ def generate(backend, model, engines, attention, sparse_ratio, levels, prompt, s
     # every value is checked before a model or an engine loads
     request = GenerationRequest(prompt=prompt, seconds=seconds, steps=steps, seed=seed, guidance=guidance,
                                 negative_prompt=negative_prompt, scheduler=scheduler)
-    check_output_file(out)
+    output = check_output_file(out)
     if backend == "torch":
         check_spec(model)
         check_sparse_ratio(sparse_ratio)
@@ -127,8 +164,9 @@ def generate(backend, model, engines, attention, sparse_ratio, levels, prompt, s
         from .runtime import generate_from_engines
 
         waveform, sample_rate = generate_from_engines(engines, request)
-    write_wav(out, waveform, sample_rate)
-    click.echo(f"wrote {out} ({len(waveform) / sample_rate:.2f} s at {sample_rate} Hz)")
+    write_wav(output, waveform, sample_rate, wav_format)
+    click.echo(f"wrote {output} ({len(waveform) / sample_rate:.2f} s at {sample_rate} Hz, {wav_format})",
+               err=output.kind == "stdout")
 
 
 def parse_levels(levels: str) -> tuple[int, ...]:
@@ -155,12 +193,13 @@ def export_settings(attention: str, sparse_ratio: float, levels: str, opset: int
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
 @click.option("--stages", default=None, help="Comma-separated stages (default: all of the pipeline).")
 @click.option("--verify", is_flag=True, help="Compare every stage with PyTorch on ONNX Runtime (CPU).")
-def export_cmd(model, out, attention, sparse_ratio, levels, opset, precision, stages, verify) -> None:  # noqa: ANN001
+@click.option("--force", is_flag=True, help=FORCE_HELP)
+def export_cmd(model, out, attention, sparse_ratio, levels, opset, precision, stages, verify, force) -> None:  # noqa: ANN001
     """Export a pipeline's stages to ONNX (the UNet with the DualSparseAttention op)."""
     from .export import export_pipeline
 
     settings = export_settings(attention, sparse_ratio, levels, opset, precision, stages, verify)
-    manifest = export_pipeline(model, out, settings)
+    manifest = export_pipeline(model, out, settings, force=force)
     for name, desc in manifest["stages"].items():
         click.echo(f"  {name:18s} {desc['file']}")
     for name, result in (manifest.get("verification") or {}).items():
@@ -170,8 +209,8 @@ def export_cmd(model, out, attention, sparse_ratio, levels, opset, precision, st
 
 @main.command()
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Model spec or local diffusers folder.")
-@click.option("--seconds", default=None, help="Longest audio to serve (profile 1:S:S). Default 10.")
-@click.option("--profile", "profile_text", default=None, help="MIN:OPT:MAX seconds.")
+@click.option("--seconds", default=None, help="Longest audio to serve (profile 1:S:S; at most 600)  [default: 10]")
+@click.option("--profile", "profile_text", default=None, help="MIN:OPT:MAX seconds (instead of --seconds).")
 @click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="ONNX Runtime execution provider.")
@@ -179,9 +218,11 @@ def export_cmd(model, out, attention, sparse_ratio, levels, opset, precision, st
               help="TensorRT: the function body (native) or the fused plugin.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
 @attention_options
-@click.option("--out", "out", type=click.Path(path_type=Path), default=Path("engines"), show_default=True)
+@click.option("--out", "out", type=click.Path(path_type=Path), default=Path("engines"), show_default=True,
+              help="Folder the engine folder is built in (one subfolder per build, named by its settings).")
+@click.option("--force", is_flag=True, help=FORCE_HELP)
 def build(model, seconds, profile_text, backend, device, attention_impl, precision, attention, sparse_ratio,  # noqa: ANN001
-          levels, out) -> None:
+          levels, out, force) -> None:
     """Export (cached) and build engines for one duration profile."""
     from .backends.build import BuildSettings, build_engines
     from .profiles import DurationProfile
@@ -192,7 +233,7 @@ def build(model, seconds, profile_text, backend, device, attention_impl, precisi
     settings = BuildSettings(model=model, profile=profile, backend=backend, device=device,
                              attention_impl=attention_impl,
                              export=export_settings(attention, sparse_ratio, levels, precision=precision))
-    folder = build_engines(settings, out)
+    folder = build_engines(settings, out, force=force)
     lo, opt, hi = profile.latent_frames()
     click.echo(f"engines: {folder}")
     click.echo(f"  covers {profile.min_s:g}-{profile.max_s:g} s (latent frames {lo}-{hi}, tuned for {opt}); "

@@ -17,6 +17,10 @@ SAMPLE_RATE = 16_000
 HOP_LENGTH = 160
 VAE_SCALE = 4
 MEL_BINS = 64
+# The longest audio a request or a profile may ask for. AudioLDM-family models were trained on ~10 s clips and
+# LiteFocus targets long-form generation (the paper: 80 s); 10 minutes bounds memory (the VAE decoder's mid-block
+# attention grows with the square of the length) and keeps folder names plain.
+MAX_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -72,13 +76,16 @@ DEFAULT_GEOMETRY = AudioGeometry()
 
 
 def check_seconds(seconds: float) -> float:
-    """Validate a duration: a positive finite number of seconds."""
+    """Validate a duration: a positive finite number of seconds, at most ``MAX_SECONDS``."""
     try:
         value = float(seconds)
     except (TypeError, ValueError):
         raise UsageError(f"seconds must be a number, got {seconds!r}") from None
-    if not math.isfinite(value) or value <= 0:
+    if isinstance(seconds, bool) or not math.isfinite(value) or value <= 0:
         raise UsageError(f"seconds must be a positive number, got {seconds!r}")
+    if value > MAX_SECONDS:
+        raise UsageError(f"seconds must be at most {MAX_SECONDS:g} (the longest audio this tool generates), "
+                         f"got {seconds!r}")
     return value
 
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import EngineError
+from .errors import EngineError, first_line
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -62,33 +62,51 @@ def write_manifest(folder: Path, data: dict[str, Any], files: list[str]) -> dict
     return manifest
 
 
+MAX_MANIFEST_BYTES = 16 << 20  # a real manifest is a few hundred KB
+
+
 def read_manifest(folder: str | os.PathLike, *, verify_hashes: bool = True) -> dict[str, Any]:
-    """Load and check ``folder/manifest.json``.
+    """Load and check ``folder/manifest.json`` (``manifest_schema.check_manifest``), then every listed file.
+
+    Reads nothing outside ``folder``: listed paths are relative and normalised, and a listed file reached
+    through a symbolic link that leaves the folder is refused before it is opened.
 
     Raises:
-        EngineError: folder or manifest missing, manifest not JSON, newer format, a listed file
-            missing or changed.
+        EngineError: folder or manifest missing, too large, not JSON, the wrong shape, a newer format, a
+            listed file missing, outside the folder, or changed.
     """
+    from .manifest_schema import check_manifest
+
     folder = Path(folder)
     path = folder / MANIFEST
     if not folder.is_dir():
         raise EngineError(f"no such folder: {folder}")
-    if not path.is_file():
+    if path.is_symlink() or not path.is_file():
         raise EngineError(f"{folder} has no {MANIFEST}: not a litefocus-export folder (or an unfinished build)")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise EngineError(f"{path} is larger than {MAX_MANIFEST_BYTES >> 20} MB: not a manifest this tool wrote")
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise EngineError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
-        raise EngineError(f"{path} is not a litefocus-export manifest")
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise EngineError(f"{path} has format version {version!r}; this tool reads up to {FORMAT_VERSION}: upgrade it")
+        manifest = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as exc:
+        raise EngineError(f"{path} is not valid JSON: {first_line(exc)}") from None
+    check_manifest(manifest, str(path))
     if verify_hashes:
         for rel, entry in manifest["files"].items():
-            file = folder / rel
-            if not file.is_file():
-                raise EngineError(f"{folder}: file {rel} listed in the manifest is missing")
-            if file.stat().st_size != entry.get("bytes") or sha256_file(file) != entry.get("sha256"):
+            file = inside(folder, rel)
+            if file.stat().st_size != entry["bytes"] or sha256_file(file) != entry["sha256"]:
                 raise EngineError(f"{folder}: file {rel} does not match its sha256 in the manifest (changed?)")
     return manifest
+
+
+def inside(folder: Path, rel: str) -> Path:
+    """``folder/rel`` if it is a regular file whose real path stays inside ``folder``'s real path."""
+    file = folder / rel
+    try:
+        real = file.resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise EngineError(f"{folder}: file {rel} listed in the manifest is missing") from None
+    if not real.is_relative_to(folder.resolve()):
+        raise EngineError(f"{folder}: file {rel} leads outside the folder (a symbolic link?): refused")
+    if not real.is_file():
+        raise EngineError(f"{folder}: {rel} listed in the manifest is not a regular file")
+    return real

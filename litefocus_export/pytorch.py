@@ -30,6 +30,18 @@ def use_scheduler(pipe: Any, name: SchedulerName) -> None:
         pipe.scheduler = cls.from_config(pipe.scheduler.config)
 
 
+def check_steps(pipe: Any, request: GenerationRequest) -> None:
+    """Refuse, before any work, more steps than the requested scheduler supports with the pipeline's config.
+
+    The runtime's numpy scheduler resolves the config as diffusers' ``from_config`` does, so its limit is the
+    one diffusers would hit (after minutes of work, with an IndexError or NaN audio).
+    """
+    from .runtime.schedulers import scheduler_from_config
+
+    config = {**pipe.scheduler.config, "_class_name": type(pipe.scheduler).__name__}
+    scheduler_from_config(config, kind=request.scheduler).set_timesteps(request.steps)
+
+
 def generate_torch(
     pipe: Any, request: GenerationRequest, attention: Attention = "litefocus", config: Any = None
 ) -> np.ndarray:
@@ -43,6 +55,7 @@ def generate_torch(
     from .attention import LiteFocusConfig, RandomSamples, patched
     from .models import pipeline_geometry
 
+    check_steps(pipe, request)
     geometry = pipeline_geometry(pipe)
     noise_rng, samples_rng = seeded_streams(request.seed)
     shape = (1, pipe.unet.config.in_channels, geometry.latent_frames(request.seconds), geometry.latent_freq_bins)

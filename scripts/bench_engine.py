@@ -23,7 +23,7 @@ def time_engine(folder: str, seconds: float, threads: int, raw: bool) -> dict:
     from litefocus_export.contract import UNET, example_unet_feeds
     from litefocus_export.runtime import EngineFolder
 
-    engines = EngineFolder(folder, threads=threads)
+    engines = EngineFolder(folder, threads=threads, stages=(UNET,))
     unet = engines.stage(UNET)
     frames = engines.geometry.latent_frames(seconds)
     feeds = example_unet_feeds(unet["inputs"], frames, seed=0, layers=unet.get("litefocus_layers", []),

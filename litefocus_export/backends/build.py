@@ -9,16 +9,17 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ..contract import DEFAULT_LEVELS, DEFAULT_SPARSE_RATIO, MIN_OPSET
 from ..errors import BuildError, EngineError, UsageError, check_choice
-from ..export import EXPORT_FORMAT, ExportSettings, check_output_folder, replace_folder
+from ..export import EXPORT_FORMAT, ExportSettings
 from ..manifest import read_manifest, sha256_file, tool_versions, write_manifest
-from ..models.specs import DEFAULT_SPEC, check_spec, spec_fingerprint
+from ..models.specs import DEFAULT_SPEC, RANDOM_PREFIX, check_spec, spec_fingerprint
+from ..outputs import check_output_folder, path_lock, staged_folder
 from ..profiles import DurationProfile
 from . import BACKENDS
 from .cache import cache_key, cache_root, folder_name
@@ -78,23 +79,41 @@ def export_folder(settings: BuildSettings, stages: tuple[str, ...] | None) -> Pa
 def cached_export(settings: BuildSettings) -> Path:
     """The ONNX export for ``settings`` from the cache, exporting it first when absent.
 
-    A build of some stages also takes a cached export of every stage (the build uses the stages it asks for).
+    A build of some stages also takes a cached export of every stage (the build uses the stages it asks
+    for). Two processes wanting one entry take turns (a lock); an entry that fails its checks (a killed
+    export, a changed file) is exported again, with one line saying why.
     """
     from ..export import export_pipeline
 
     wanted = settings.export.stages
-    for stages in (wanted, None) if wanted is not None else (None,):
-        folder = export_folder(settings, stages)
-        try:
-            read_manifest(folder)
-        except EngineError:
-            continue
-        log.info("reusing cached export %s", folder)
-        return folder
+    if wanted is not None:
+        superset = export_folder(settings, None)
+        with path_lock(superset):
+            if superset.exists() and _intact(superset):
+                log.info("reusing cached export %s", superset)
+                return superset
     folder = export_folder(settings, wanted)
-    log.info("exporting %s to ONNX (cached at %s) ...", settings.model, folder)
-    export_pipeline(settings.model, folder, settings.export)
+    with path_lock(folder):
+        if folder.exists():
+            try:
+                read_manifest(folder)
+            except EngineError as exc:
+                log.warning("cached export %s is damaged (%s); exporting it again", folder.name, exc)
+            else:
+                log.info("reusing cached export %s", folder)
+                return folder
+        else:
+            log.info("exporting %s to ONNX (cached at %s) ...", settings.model, folder)
+        export_pipeline(settings.model, folder, settings.export, force=True)
     return folder
+
+
+def _intact(folder: Path) -> bool:
+    try:
+        read_manifest(folder)
+    except EngineError:
+        return False
+    return True
 
 
 def built_stages(settings: BuildSettings, export_manifest: dict[str, Any]) -> dict[str, Any]:
@@ -116,53 +135,74 @@ def engine_key(settings: BuildSettings, export_manifest: dict[str, Any], backend
                       "backend": backend})
 
 
-def engine_folder(out_root: Path, settings: BuildSettings) -> Path:
+def engine_folder_name(settings: BuildSettings) -> str:
+    """``<model>-<profile>-<attention>[-<other settings>]-<backend>-<device or impl>-<precision>``.
+
+    Every setting of the build is in the name, the ones left at their defaults omitted (``r0.2`` sparse ratio,
+    ``l8_4`` levels, ``opset19``, the stages when not all): builds with other settings never share a folder,
+    and the default build keeps a name a person can type.
+    """
     export = settings.export
-    return out_root / folder_name(settings.model, settings.profile.name, export.attention, settings.backend,
-                                  settings.device if settings.backend == "onnxruntime" else settings.attention_impl,
-                                  export.precision)
+    extras = []
+    if export.attention == "litefocus" and export.sparse_ratio != DEFAULT_SPARSE_RATIO:
+        extras.append(f"r{export.sparse_ratio:g}")
+    if export.attention == "litefocus" and export.levels != DEFAULT_LEVELS:
+        extras.append("l" + "_".join(map(str, export.levels)))
+    if export.opset != MIN_OPSET:
+        extras.append(f"opset{export.opset}")
+    if export.stages is not None:
+        extras.append("_".join(export.stages))
+    # two snapshot folders may share a name: theirs carries the configs' fingerprint (built-in specs are unique)
+    model = settings.model if str(settings.model).startswith(RANDOM_PREFIX) else \
+        f"{folder_name(settings.model)}-{spec_fingerprint(settings.model)[:8]}"
+    return folder_name(model, settings.profile.name, export.attention, *extras, settings.backend,
+                       settings.device if settings.backend == "onnxruntime" else settings.attention_impl,
+                       export.precision)
 
 
-def build_engines(settings: BuildSettings, out_root: str | os.PathLike = "engines") -> Path:
-    """Build (or reuse) the engine folder for ``settings`` under ``out_root``; returns its path."""
+def build_engines(settings: BuildSettings, out_root: str | os.PathLike = "engines", *, force: bool = False) -> Path:
+    """Build (or reuse) the engine folder for ``settings`` under ``out_root``; returns its path.
+
+    The folder's name carries the engine key, so builds with other settings never overwrite each other. Two
+    builds of one folder take turns (a lock): the second finds the first's result up to date. The folder is
+    written in a partial folder beside it and renamed into place; one already there that is not an engine
+    or export folder is refused (``force`` replaces it).
+    """
     out_root = Path(out_root)
-    check_output_folder(out_root)
+    if out_root.exists() and not out_root.is_dir():
+        raise UsageError(f"cannot build into {out_root}: it exists and is not a folder")
     backend = _backend(settings)
+    target = check_output_folder(out_root / engine_folder_name(settings), force=force)
     export_dir = cached_export(settings)
     export_manifest = built_stages(settings, read_manifest(export_dir))
     key = engine_key(settings, export_manifest, backend.info)
-    target = engine_folder(out_root, settings)
-    try:
-        if read_manifest(target).get("engine_key") == key:
-            log.info("engines up to date: %s", target)
-            return target
-    except EngineError:
-        pass
-    out_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=out_root))
-    try:
-        start = time.perf_counter()
-        stages = backend.build(export_dir, export_manifest, tmp)
-        for name in COPIED:
-            src = export_dir / name
-            if src.is_dir():
-                shutil.copytree(src, tmp / name)
-            elif src.is_file():
-                shutil.copy2(src, tmp / name)
-        data = {"kind": "engine", "engine_key": key, "model": export_manifest["model"],
-                "geometry": export_manifest["geometry"], "attention": export_manifest["attention"],
-                "litefocus": export_manifest["litefocus"], "precision": export_manifest["precision"],
-                "profiles": [settings.profile.to_dict()],
-                "latent_frames": list(settings.profile.latent_frames()),
-                "backend": backend.info, "stages": stages,
-                "export": {"folder": str(export_dir), "manifest_sha256": sha256_file(export_dir / "manifest.json")},
-                "tools": tool_versions("litefocus-export", "onnxruntime", "numpy", "tensorrt", "polygraphy"),
-                "build_seconds": round(time.perf_counter() - start, 2)}
-        write_manifest(tmp, data, sorted(os.listdir(tmp)))
-        replace_folder(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with path_lock(target):
+        try:
+            if read_manifest(target).get("engine_key") == key:
+                log.info("engines up to date: %s", target)
+                return target
+        except EngineError:
+            pass
+        with staged_folder(target, force=force) as tmp:
+            start = time.perf_counter()
+            stages = backend.build(export_dir, export_manifest, tmp)
+            for name in COPIED:
+                src = export_dir / name
+                if src.is_dir():
+                    shutil.copytree(src, tmp / name)
+                elif src.is_file():
+                    shutil.copy2(src, tmp / name)
+            data = {"kind": "engine", "engine_key": key, "model": export_manifest["model"],
+                    "geometry": export_manifest["geometry"], "attention": export_manifest["attention"],
+                    "litefocus": export_manifest["litefocus"], "precision": export_manifest["precision"],
+                    "profiles": [settings.profile.to_dict()],
+                    "latent_frames": list(settings.profile.latent_frames()),
+                    "backend": backend.info, "stages": stages,
+                    "export": {"folder": str(export_dir),
+                               "manifest_sha256": sha256_file(export_dir / "manifest.json")},
+                    "tools": tool_versions("litefocus-export", "onnxruntime", "numpy", "tensorrt", "polygraphy"),
+                    "build_seconds": round(time.perf_counter() - start, 2)}
+            write_manifest(tmp, data, sorted(os.listdir(tmp)))
     return target
 
 

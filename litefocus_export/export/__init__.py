@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from ..contract import (
     select_stages,
 )
 from ..errors import ExportError, UsageError, check_choice, first_line
+from ..models.specs import check_spec
 
 log = logging.getLogger(__name__)
 
@@ -88,28 +87,6 @@ class ExportSettings:
         return LiteFocusConfig(sparse_ratio=self.sparse_ratio, levels=self.levels)
 
 
-def check_output_folder(out_dir: Path) -> None:
-    """Fail early, in one line, when ``out_dir`` cannot be written."""
-    parent = out_dir
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UsageError(f"cannot write to {out_dir}: {parent} exists and is not a folder")
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"cannot write to {out_dir}: {parent} is not writable")
-
-
-def replace_folder(tmp: Path, out_dir: Path) -> None:
-    """Move a finished folder into place; an earlier one there is swapped out, then deleted."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def convert_to_fp16(path: Path) -> None:
     """fp16 weights and math, fp32 graph inputs/outputs and sensitive ops (FP16_KEEP_FP32)."""
     import onnx
@@ -125,27 +102,30 @@ def convert_to_fp16(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def export_pipeline(spec: str, out_dir: str | os.PathLike, settings: ExportSettings | None = None) -> dict[str, Any]:
+def export_pipeline(spec: str, out_dir: str | os.PathLike, settings: ExportSettings | None = None, *,
+                    force: bool = False) -> dict[str, Any]:
     """Export every requested stage of the pipeline ``spec`` to ``out_dir``; returns the manifest.
 
+    ``out_dir`` is written in a partial folder beside it and renamed into place (``outputs.staged_folder``);
+    a folder already there is replaced only if it is an export or engine folder (or empty), or with ``force``.
+
     Raises:
-        UsageError: bad settings, unknown stage, unwritable folder, unknown model.
+        UsageError: bad settings, unknown stage, unwritable or foreign output folder, unknown model.
         ExportError: the export itself failed or broke the custom-op contract.
     """
     from ..manifest import tool_versions, write_manifest
     from ..models import load_pipeline, pipeline_geometry, pipeline_kind, spec_fingerprint
+    from ..outputs import check_output_folder, path_lock, staged_folder
     from .stages import export_stages
     from .unet import export_unet
 
     settings = settings or ExportSettings()
-    out_dir = Path(out_dir)
-    check_output_folder(out_dir)
+    out_dir = check_output_folder(out_dir, force=force)
+    check_spec(spec)
     pipe = load_pipeline(spec)
     kind = pipeline_kind(pipe)
     stages = select_stages(kind, settings.stages)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
+    with path_lock(out_dir), staged_folder(out_dir, force=force) as tmp:
         descriptions = _export_into(pipe, tmp, stages, settings, export_unet, export_stages)
         geometry = pipeline_geometry(pipe)
         data = {
@@ -166,10 +146,6 @@ def export_pipeline(spec: str, out_dir: str | os.PathLike, settings: ExportSetti
             results = verify_export(pipe, tmp, data, settings)
             data["verification"] = {name: {"max_abs": a, "max_rel": r} for name, (a, r) in results.items()}
         manifest = write_manifest(tmp, data, sorted(os.listdir(tmp)))
-        replace_folder(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 

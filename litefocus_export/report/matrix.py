@@ -31,11 +31,11 @@ def run_report(settings: ReportSettings) -> dict[str, Any]:
         UsageError: bad settings or an unwritable output folder.
         KeyboardInterrupt: after writing the rows measured so far.
     """
-    from ..export import check_output_folder
+    from ..outputs import check_writable_folder
     from .flops import flops_table
     from .machine import machine_info
 
-    check_output_folder(settings.out)
+    check_writable_folder(settings.out)
     settings.out.mkdir(parents=True, exist_ok=True)
     state = ReportState(settings, machine_info(),
                         flops_table(settings.model, list(settings.seconds), settings.sparse_ratio, settings.levels))

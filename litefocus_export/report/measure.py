@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..contract import example_unet_feeds, unet_call_arguments, unet_inputs
+from ..contract import UNET, example_unet_feeds, unet_call_arguments, unet_inputs
 from ..models.facts import ModelFacts, model_facts
 from ..sampling import seeded_streams
 
@@ -78,7 +78,7 @@ class EngineUNet:
     def __init__(self, job: dict[str, Any], facts: ModelFacts):
         from ..runtime import EngineFolder
 
-        self.engines = EngineFolder(job["engines"], threads=job["threads"])
+        self.engines = EngineFolder(job["engines"], threads=job["threads"], stages=(UNET,))
         self.feeds = unet_feeds(facts, facts.geometry.latent_frames(job["seconds"]), job["seed"])
         self.samples_rng = seeded_streams(job["seed"])[1]
 

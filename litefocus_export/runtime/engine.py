@@ -12,27 +12,36 @@ from ..backends import Stage, open_stage
 from ..contract import UNET, UNET_OUTPUT, draw_unet_samples
 from ..errors import EngineError
 from ..geometry import AudioGeometry
-from ..manifest import read_manifest
+from ..manifest import inside, read_manifest
 from ..profiles import DurationProfile, require_covered
 
 log = logging.getLogger(__name__)
 
 
 class EngineFolder:
-    """``engines/<model>-<profile>-.../``: refuses a missing, newer-format or tampered folder (one line).
+    """``engines/<model>-<profile>-.../``: refuses a missing, newer-format, malformed or tampered folder (one line).
 
-    Stages open on first use with the runner of the backend the manifest names (``backends.open_stage``)
-    and stay open; :meth:`run` is how the sampler, text conditioning and decoding run every stage.
+    Every listed file is checked against its hash and every stage is opened here, at load, with the runner of
+    the backend the manifest names (``backends.open_stage``): nothing is opened later from a folder that may
+    have changed since. :meth:`run` is how the sampler, text conditioning and decoding run every stage.
+
+    Args:
+        folder: the engine folder.
+        threads: intra-op threads per stage (0: the backend's default).
+        stages: the stages to open (default: all; a benchmark of the UNet alone opens only ``("unet",)``).
     """
 
-    def __init__(self, folder: str | Path, threads: int = 0):
+    def __init__(self, folder: str | Path, threads: int = 0, stages: tuple[str, ...] | None = None):
         self.folder = Path(folder)
         self.manifest = read_manifest(self.folder)
-        if self.manifest.get("kind") != "engine":
-            raise EngineError(f"{self.folder} is a {self.manifest.get('kind')!r} folder, not an engine folder "
+        if self.manifest["kind"] != "engine":
+            raise EngineError(f"{self.folder} is an {self.manifest['kind']!r} folder, not an engine folder "
                               f"(run litefocus-export build)")
         self.threads = threads
         self._runners: dict[str, Stage] = {}
+        for name in stages if stages is not None else tuple(self.manifest["stages"]):
+            self._runners[name] = open_stage(self.manifest["backend"], inside(self.folder, self.stage(name)["engine"]),
+                                             threads)
 
     @property
     def kind(self) -> str:
@@ -68,10 +77,10 @@ class EngineFolder:
                               f"{', '.join(self.manifest['stages'])})") from None
 
     def runner(self, name: str) -> Stage:
-        """A callable ``feeds -> {output name: array}`` for stage ``name`` (opened on first use)."""
+        """A callable ``feeds -> {output name: array}`` for stage ``name`` (opened at load)."""
         if name not in self._runners:
-            self._runners[name] = open_stage(self.manifest["backend"], self.folder / self.stage(name)["engine"],
-                                             self.threads)
+            self.stage(name)
+            raise EngineError(f"{self.folder}: stage {name} was not opened (opened: {', '.join(self._runners)})")
         return self._runners[name]
 
     def run(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

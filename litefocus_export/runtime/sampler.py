@@ -70,6 +70,9 @@ class Sampler:
         """Generate ``request`` (a ``GenerationRequest``); returns the trimmed float32 waveform."""
         engines = self.engines
         engines.check_covers(request.seconds)
+        # the scheduler's own step limit is checked before any stage runs
+        scheduler = self.scheduler(request.scheduler)
+        scheduler.set_timesteps(request.steps)
         geometry = engines.geometry
         frames = geometry.latent_frames(request.seconds)
         noise_rng, samples_rng = seeded_streams(request.seed)
@@ -81,7 +84,7 @@ class Sampler:
         timings.conditioning = time.perf_counter() - start
         shape = (1, engines.latent_channels, frames, geometry.latent_freq_bins)
         latents = initial_noise(noise_rng, shape) if latents is None else latents.astype(np.float32)
-        latents = self.denoise(latents, cond, guidance, request, samples_rng)
+        latents = self.denoise(latents, cond, guidance, scheduler, samples_rng)
 
         t0 = time.perf_counter()
         waveform = self.decoder.decode(latents)[0]
@@ -89,10 +92,9 @@ class Sampler:
         timings.total = time.perf_counter() - start
         return trim_waveform(waveform, geometry.num_samples(request.seconds)).astype(np.float32)
 
-    def denoise(self, latents: np.ndarray, cond: dict[str, np.ndarray], guidance: float, request: Any,
+    def denoise(self, latents: np.ndarray, cond: dict[str, np.ndarray], guidance: float, scheduler: Any,
                 samples_rng: np.random.Generator) -> np.ndarray:
-        scheduler = self.scheduler(request.scheduler)
-        scheduler.set_timesteps(request.steps)
+        """The denoising loop from ``latents`` with a scheduler whose timesteps are set."""
         latents = latents * np.float32(scheduler.init_noise_sigma)
         guided = guidance > 1.0
         for t in _progress(scheduler.timesteps, self.progress, "denoising"):

@@ -228,6 +228,31 @@ class _Scheduler:
                 f"(num_train_timesteps), got {num_inference_steps}"
             )
 
+    def _timesteps_for(self, num_inference_steps: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def _usable(self, timesteps: np.ndarray) -> bool:
+        # a usable schedule walks down strictly inside the training steps: a repeated timestep makes a zero
+        # step (DPM-Solver++ divides by it), one past the end indexes outside the noise schedule
+        n_train = self.config.num_train_timesteps
+        return bool(len(timesteps)) and 0 <= int(timesteps.min()) and int(timesteps.max()) < n_train \
+            and bool(np.all(np.diff(timesteps) < 0))
+
+    def max_steps(self) -> int:
+        """The most inference steps this scheduler's configuration gives a usable schedule for."""
+        n_train = self.config.num_train_timesteps
+        return next((n for n in range(n_train, 0, -1) if self._usable(self._timesteps_for(n))), 0)
+
+    def _checked_timesteps(self, num_inference_steps: int) -> np.ndarray:
+        self._check_num_steps(num_inference_steps)
+        timesteps = self._timesteps_for(num_inference_steps)
+        if not self._usable(timesteps):
+            raise SchedulerConfigError(
+                f"{num_inference_steps} steps is more than {type(self).__name__} supports with this configuration "
+                f"(its timesteps would repeat or leave the training range); use at most {self.max_steps()}"
+            )
+        return timesteps
+
     def _check_ready(self) -> None:
         if self.num_inference_steps is None:
             raise SchedulerConfigError(f"call {type(self).__name__}.set_timesteps before step")
@@ -251,20 +276,22 @@ class DDIMScheduler(_Scheduler):
         """Choose ``num_inference_steps`` timesteps by ``config.timestep_spacing`` (Lin et al. 2023, Table 2).
 
         Raises:
-            SchedulerConfigError: ``num_inference_steps`` is not in ``1..num_train_timesteps``.
+            SchedulerConfigError: ``num_inference_steps`` is not in ``1..num_train_timesteps``, or more than
+                the configuration gives a usable schedule for (``max_steps``).
         """
-        self._check_num_steps(num_inference_steps)
+        timesteps = self._checked_timesteps(num_inference_steps)
+        self.num_inference_steps = num_inference_steps
+        self._timesteps = np.ascontiguousarray(timesteps)
+
+    def _timesteps_for(self, num_inference_steps: int) -> np.ndarray:
         cfg, n = self.config, num_inference_steps
         if cfg.timestep_spacing == "linspace":
-            timesteps = np.linspace(0, cfg.num_train_timesteps - 1, n).round()[::-1].astype(np.int64)
-        elif cfg.timestep_spacing == "leading":
+            return np.linspace(0, cfg.num_train_timesteps - 1, n).round()[::-1].astype(np.int64)
+        if cfg.timestep_spacing == "leading":
             stride = cfg.num_train_timesteps // n
-            timesteps = (np.arange(n) * stride)[::-1].astype(np.int64) + cfg.steps_offset
-        else:
-            ratio = cfg.num_train_timesteps / n
-            timesteps = np.round(np.arange(cfg.num_train_timesteps, 0, -ratio)).astype(np.int64) - 1
-        self.num_inference_steps = n
-        self._timesteps = np.ascontiguousarray(timesteps)
+            return (np.arange(n) * stride)[::-1].astype(np.int64) + cfg.steps_offset
+        ratio = cfg.num_train_timesteps / n
+        return np.round(np.arange(cfg.num_train_timesteps, 0, -ratio)).astype(np.int64) - 1
 
     def step(
         self,
@@ -375,26 +402,29 @@ class DPMSolverMultistepScheduler(_Scheduler):
         """Choose the timesteps and their sigmas ``sqrt((1 - abar) / abar)``, plus a final sigma.
 
         Raises:
-            SchedulerConfigError: ``num_inference_steps`` is not in ``1..num_train_timesteps``.
+            SchedulerConfigError: ``num_inference_steps`` is not in ``1..num_train_timesteps``, or more than
+                the configuration gives a usable schedule for (``max_steps``).
         """
-        self._check_num_steps(num_inference_steps)
-        cfg, n = self.config, num_inference_steps
-        # drop the tail where lambda < lambda_min_clipped (matters for the cosine schedule)
-        last = cfg.num_train_timesteps - int(np.searchsorted(self._lambda_t[::-1], cfg.lambda_min_clipped))
-        if cfg.timestep_spacing == "linspace":
-            timesteps = np.linspace(0, last - 1, n + 1).round()[::-1][:-1].astype(np.int64)
-        elif cfg.timestep_spacing == "leading":
-            stride = last // (n + 1)
-            timesteps = (np.arange(n + 1) * stride)[::-1][:-1].astype(np.int64) + cfg.steps_offset
-        else:
-            ratio = cfg.num_train_timesteps / n
-            timesteps = np.arange(last, 0, -ratio).round().astype(np.int64) - 1
+        timesteps = self._checked_timesteps(num_inference_steps)
+        cfg = self.config
         sigmas = _sqrt((1 - self.alphas_cumprod) / self.alphas_cumprod)
         sigma_last = sigmas[0] if cfg.final_sigmas_type == "sigma_min" else _F32(0.0)
         self.sigmas = np.concatenate([sigmas[timesteps], [sigma_last]]).astype(_F32)
         self._timesteps = np.ascontiguousarray(timesteps)
         self.num_inference_steps = len(timesteps)
         self._reset_solver_state()
+
+    def _timesteps_for(self, num_inference_steps: int) -> np.ndarray:
+        cfg, n = self.config, num_inference_steps
+        # drop the tail where lambda < lambda_min_clipped (matters for the cosine schedule)
+        last = cfg.num_train_timesteps - int(np.searchsorted(self._lambda_t[::-1], cfg.lambda_min_clipped))
+        if cfg.timestep_spacing == "linspace":
+            return np.linspace(0, last - 1, n + 1).round()[::-1][:-1].astype(np.int64)
+        if cfg.timestep_spacing == "leading":
+            stride = last // (n + 1)
+            return (np.arange(n + 1) * stride)[::-1][:-1].astype(np.int64) + cfg.steps_offset
+        ratio = cfg.num_train_timesteps / n
+        return np.arange(last, 0, -ratio).round().astype(np.int64) - 1
 
     def step(self, model_output: np.ndarray, timestep: int, sample: np.ndarray) -> SchedulerOutput:
         """One multistep DPM-Solver++ update from ``sigmas[i]`` to ``sigmas[i + 1]``, ``i`` the step index.

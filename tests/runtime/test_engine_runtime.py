@@ -89,7 +89,7 @@ def test_same_seed_same_audio(tiny_build, scheduler):
     (["--seconds", "-3"], "positive"),
     (["--seconds", "abc"], "must be a number"),
     (["--seconds", "81"], "outside every built profile (built: 1-80 s)"),
-    (["--steps", "0"], "steps must be a positive integer"),
+    (["--steps", "0"], "steps must be an integer in 1..1000"),
 ])
 def test_bad_generate_input(tiny_build, tmp_path, args, message):
     engines, _, _ = tiny_build

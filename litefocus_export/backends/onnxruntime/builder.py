@@ -17,6 +17,7 @@ from typing import Any
 
 from ...errors import BuildError, first_line
 from .rewrites import REWRITES, REWRITES_VERSION
+from .runner import ort_log_severity
 
 log = logging.getLogger(__name__)
 SAVED_LEVEL = "ORT_ENABLE_EXTENDED"  # part of the engine key: a change rebuilds
@@ -34,6 +35,7 @@ def session_options(optimized_path: Path | None = None, threads: int = 0) -> Any
     # CPU-specific layout transforms (NCHWc) at load. A saved ALL-level graph measured 7% slower.
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, SAVED_LEVEL)
     options.intra_op_num_threads = threads
+    options.log_severity_level = ort_log_severity()
     if optimized_path is not None:
         options.optimized_model_filepath = str(optimized_path)
         options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
@@ -68,6 +70,7 @@ class OrtEngineFromOnnx:
         import onnxruntime as ort
 
         start = time.perf_counter()
+        log.info("building %s for ONNX Runtime (rewrites, graph optimisation) ...", self.onnx_path.name)
         work = self.out_path.with_name(f".rewritten-{self.onnx_path.name}")
         side = work.with_name(work.name + ".data")
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,11 @@ import numpy as np
 from ...errors import EngineError, first_line
 
 CPU_PROVIDERS = ("CPUExecutionProvider",)
+
+
+def ort_log_severity() -> int:
+    """ONNX Runtime's own log: its warnings (e.g. ~150 "Removing initializer" lines per UNet) only with --debug."""
+    return 0 if logging.getLogger("litefocus_export").isEnabledFor(logging.DEBUG) else 3
 
 
 class OrtStage:
@@ -28,6 +34,7 @@ class OrtStage:
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
+        options.log_severity_level = ort_log_severity()
         self.name = Path(path).name
         try:
             self.session = ort.InferenceSession(str(path), options, providers=list(providers))
