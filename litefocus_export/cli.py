@@ -22,6 +22,9 @@ from .models.specs import check_spec
 
 log = logging.getLogger("litefocus_export")
 DEFAULT_LEVELS_TEXT = ",".join(map(str, DEFAULT_LEVELS))
+MODEL_HELP = ("Built-in random model (random:audioldm2-tiny, ...), local diffusers folder, or Hugging Face id "
+              "ORG/NAME[@REVISION] (e.g. cvssp/audioldm2) from the hub cache; downloaded when missing unless "
+              "HF_HUB_OFFLINE=1.")
 FORCE_HELP = ("Replace the output folder even when it holds files that are not a litefocus-export folder "
               "(without it such a folder is refused and left as it is).")
 
@@ -77,6 +80,19 @@ def quiet_third_parties() -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
+EXPORT_MODULES = ("torch", "diffusers", "transformers", "onnx", "onnxscript")
+
+
+def require_export_extra(command: str) -> None:
+    """One line (exit 2) when a command needs the ``export`` extra a serving host does not install."""
+    import importlib.util
+
+    missing = [name for name in EXPORT_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UsageError(f"'{command}' needs the export extra ({', '.join(missing)} not installed): "
+                         f"pip install 'litefocus-export[export]'")
+
+
 def attention_options(func):  # noqa: ANN001, ANN201
     """--attention / --sparse-ratio / --levels, shared by generate, export and build."""
     func = click.option("--levels", default=DEFAULT_LEVELS_TEXT, show_default=True,
@@ -121,7 +137,7 @@ def request_options(func):  # noqa: ANN001, ANN201
 @click.option("--backend", type=click.Choice(["torch", "engines"]), default=None,
               help="torch: the diffusers pipeline; engines: a built engine folder (default when --engines is given).")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True,
-              help="Model spec (torch backend only; engines keep the model they were built from).")
+              help=MODEL_HELP + " Torch backend only; engines keep the model they were built from.")
 @click.option("--engines", "engines", type=click.Path(path_type=Path), default=None,
               help="Engine folder (engines backend).")
 @attention_options
@@ -150,6 +166,7 @@ def generate(backend, model, engines, attention, sparse_ratio, levels, prompt, s
                                 negative_prompt=negative_prompt, scheduler=scheduler)
     output = check_output_file(out)
     if backend == "torch":
+        require_export_extra("generate --backend torch")
         check_spec(model)
         check_sparse_ratio(sparse_ratio)
         parse_levels(levels)
@@ -186,7 +203,7 @@ def export_settings(attention: str, sparse_ratio: float, levels: str, opset: int
 
 
 @main.command("export")
-@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Model spec or local diffusers folder.")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help=MODEL_HELP)
 @click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @attention_options
 @click.option("--opset", type=int, default=MIN_OPSET, show_default=True)
@@ -198,6 +215,7 @@ def export_cmd(model, out, attention, sparse_ratio, levels, opset, precision, st
     """Export a pipeline's stages to ONNX (the UNet with the DualSparseAttention op)."""
     from .export import export_pipeline
 
+    require_export_extra("export")
     settings = export_settings(attention, sparse_ratio, levels, opset, precision, stages, verify)
     manifest = export_pipeline(model, out, settings, force=force)
     for name, desc in manifest["stages"].items():
@@ -208,7 +226,7 @@ def export_cmd(model, out, attention, sparse_ratio, levels, opset, precision, st
 
 
 @main.command()
-@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Model spec or local diffusers folder.")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help=MODEL_HELP)
 @click.option("--seconds", default=None, help="Longest audio to serve (profile 1:S:S; at most 600)  [default: 10]")
 @click.option("--profile", "profile_text", default=None, help="MIN:OPT:MAX seconds (instead of --seconds).")
 @click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True)
@@ -227,6 +245,7 @@ def build(model, seconds, profile_text, backend, device, attention_impl, precisi
     from .backends.build import BuildSettings, build_engines
     from .profiles import DurationProfile
 
+    require_export_extra("build")
     if seconds and profile_text:
         raise UsageError("give --seconds or --profile, not both")
     profile = DurationProfile.parse(profile_text) if profile_text else DurationProfile.for_seconds(seconds or 10)
@@ -265,7 +284,7 @@ def inspect(folder) -> None:  # noqa: ANN001
 
 
 @main.command()
-@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Model spec or local diffusers folder.")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help=MODEL_HELP)
 @click.option("--seconds", default="10,20,40,80", show_default=True, help="Comma-separated audio durations.")
 @click.option("--backends", default="torch,onnxruntime,tensorrt", show_default=True,
               help="Comma-separated: torch, onnxruntime, tensorrt (unavailable ones are listed as skipped).")
@@ -276,6 +295,9 @@ def inspect(folder) -> None:  # noqa: ANN001
 @click.option("--stages", type=click.Choice(["unet", "all"]), default="all", show_default=True,
               help="unet: one UNet evaluation at batch 2; all: whole generations with a per-stage breakdown.")
 @click.option("--accuracy", is_flag=True, help="Also compare outputs: engines vs PyTorch, LiteFocus vs full.")
+@click.option("--quality", is_flag=True,
+              help="Also score each waveform (--stages all): CLAP audio-text score with the pipeline's own CLAP "
+                   "model, and the log-mel distance of LiteFocus to full attention (meaningless on random weights).")
 @click.option("--prompt", default="a dog barking in the rain", show_default=True, help="Prompt (--stages all).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for noise, samples and UNet inputs.")
 @click.option("--threads", type=int, default=0, show_default=True,
@@ -287,15 +309,16 @@ def inspect(folder) -> None:  # noqa: ANN001
               help="Where engines are built (default: $LITEFOCUS_CACHE/report-engines).")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for report.md, report.json and the plots.")
-def report(model, seconds, backends, attention, steps, repeats, warmup, stages, accuracy, prompt, seed, threads,  # noqa: ANN001
-           sparse_ratio, levels, engines_dir, out) -> None:
+def report(model, seconds, backends, attention, steps, repeats, warmup, stages, accuracy, quality, prompt, seed,  # noqa: ANN001
+           threads, sparse_ratio, levels, engines_dir, out) -> None:
     """Latency comparison: duration x backend x attention, medians, stage breakdown, FLOPs, plots."""
+    require_export_extra("report")
     from .report import ReportSettings, parse_list, run_report
 
     settings = ReportSettings(out=out, model=model, seconds=parse_list(seconds, "seconds"),
                               backends=parse_list(backends, "backends"), attention=parse_list(attention, "attention"),
                               steps=steps, repeats=repeats, warmup=warmup, stages=stages, accuracy=accuracy,
-                              seed=seed, prompt=prompt, threads=threads, sparse_ratio=sparse_ratio,
+                              quality=quality, seed=seed, prompt=prompt, threads=threads, sparse_ratio=sparse_ratio,
                               levels=parse_levels(levels), engines_dir=engines_dir)
     data = run_report(settings)
     click.echo(f"measured {data['measured_configurations']} configurations; wrote {out / 'report.md'}, "
@@ -304,3 +327,86 @@ def report(model, seconds, backends, attention, steps, repeats, warmup, stages, 
         click.echo(f"  skipped {skipped['backend']} ({skipped['attention']}): {skipped['reason']}")
     for failed in data["failed"]:
         click.echo(f"  failed {failed['seconds']:g} s {failed['backend']} {failed['attention']}: {failed['error']}")
+
+
+def serving_options(func):  # noqa: ANN001, ANN201
+    """How the served model batches and queues (serve and triton-repo)."""
+    for decorator in reversed([
+        click.option("--max-batch", type=int, default=4, show_default=True,
+                     help="Most requests in one batch (one UNet call per step for all of them)."),
+        click.option("--max-queue-delay-ms", type=float, default=50.0, show_default=True,
+                     help="How long the batcher waits to fill a batch."),
+        click.option("--max-queue", type=int, default=64, show_default=True,
+                     help="Most requests waiting; past it a request is refused at once."),
+        click.option("--request-timeout", type=float, default=0.0, show_default=True,
+                     help="Most seconds a request may wait in the queue (0: no limit)."),
+        click.option("--instances", type=int, default=1, show_default=True,
+                     help="Model instances (each holds the engines: memory times instances)."),
+        click.option("--threads", type=int, default=0, show_default=True,
+                     help="Intra-op threads per stage (0: ONNX Runtime's default)."),
+    ]):
+        func = decorator(func)
+    return func
+
+
+def serving_settings(max_batch, max_queue_delay_ms, max_queue, request_timeout, instances, threads):  # noqa: ANN001, ANN201
+    from .serve.repository import ServingSettings
+
+    return ServingSettings(max_batch=max_batch, max_queue_delay_ms=max_queue_delay_ms, max_queue=max_queue,
+                           request_timeout_s=request_timeout, instances=instances, threads=threads)
+
+
+@main.command()
+@click.argument("engine_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address every endpoint binds to.")
+@click.option("--http-port", type=int, default=8000, show_default=True)
+@click.option("--grpc-port", type=int, default=8001, show_default=True)
+@click.option("--metrics-port", type=int, default=8002, show_default=True, help="Prometheus metrics (/metrics).")
+@click.option("--exit-timeout", type=int, default=30, show_default=True,
+              help="On SIGTERM, seconds to finish the requests in flight before stopping.")
+@serving_options
+def serve(engine_dirs, host, http_port, grpc_port, metrics_port, exit_timeout, **serving) -> None:  # noqa: ANN001
+    """Serve engine folders with Triton Inference Server (KServe v2 over HTTP and gRPC, model litefocus_audio).
+
+    Each request goes to the smallest profile that covers it; compatible requests are batched.
+    """
+    from .serve.server import Endpoints
+    from .serve.server import serve as run_server
+
+    endpoints = Endpoints(host, http_port, grpc_port, metrics_port)
+    settings = serving_settings(**serving)
+    sys.exit(run_server(list(engine_dirs), endpoints, settings, exit_timeout_s=exit_timeout))
+
+
+@main.command("triton-repo")
+@click.argument("engine_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Repository folder to write.")
+@click.option("--copy", is_flag=True, help="Copy the engine folders into the repository (default: reference them).")
+@serving_options
+def triton_repo(engine_dirs, out, copy, **serving) -> None:  # noqa: ANN001
+    """Write a standalone Triton model repository (python backend) for the official tritonserver."""
+    from .serve.repository import write_repository
+
+    repository = write_repository(list(engine_dirs), out, serving_settings(**serving), copy=copy)
+    click.echo(f"wrote {repository} (model litefocus_audio; serve with: tritonserver --model-repository "
+               f"{repository}; see docs/serving.md)")
+
+
+@main.command()
+@click.option("--url", default="127.0.0.1:8000", show_default=True, help="The server's HTTP endpoint (host:port).")
+@click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds to wait for the answer.")
+@request_options
+def request(url, timeout, prompt, seconds, steps, seed, guidance, negative_prompt, scheduler, out,  # noqa: ANN001
+            wav_format) -> None:
+    """Send one request to a running server and write the WAV it returns."""
+    from .outputs import check_output_file
+    from .request import GenerationRequest
+    from .serve.client import send
+
+    generation = GenerationRequest(prompt=prompt, seconds=seconds, steps=steps, seed=seed, guidance=guidance,
+                                   negative_prompt=negative_prompt, scheduler=scheduler)
+    output = check_output_file(out)
+    waveform, sample_rate = send(url, generation, timeout_s=timeout)
+    write_wav(output, waveform, sample_rate, wav_format)
+    click.echo(f"wrote {output} ({len(waveform) / sample_rate:.2f} s at {sample_rate} Hz, {wav_format})",
+               err=output.kind == "stdout")

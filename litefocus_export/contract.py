@@ -114,7 +114,8 @@ EXAMPLE_TIMESTEP = 500.0
 
 
 def index_input_name(width: int) -> str:
-    """``litefocus_index_<width>``: the samples of every patched layer ``width`` frequency bins wide."""
+    """``litefocus_index_<width>``: the samples of every patched layer ``width`` frequency bins wide, int64
+    ``(L, batch, M)``: ``[l, b]`` is the sample of that level's ``l``-th patched layer for batch row ``b``."""
     return f"{INDEX_INPUT_PREFIX}{width}"
 
 
@@ -161,7 +162,7 @@ def unet_inputs(kind: str, unet_config: Any, latent_bins: int,
         dim = int(_config(unet_config, "projection_class_embeddings_input_dim"))
         inputs["class_labels"] = _input("float32", [BATCH, dim])
     for width, count in _layers_per_width(layers).items():
-        inputs[index_input_name(width)] = _input("int64", [count, samples_dim(width)])
+        inputs[index_input_name(width)] = _input("int64", [count, BATCH, samples_dim(width)])
     return inputs
 
 
@@ -172,18 +173,51 @@ def _layers_per_width(layers: Iterable[Mapping[str, Any]]) -> dict[int, int]:
     return counts
 
 
-def draw_unet_samples(rng: np.random.Generator, layers: Sequence[Mapping[str, Any]], frames: int,
-                      sparse_ratio: float, *, minimum: int = 0) -> dict[str, np.ndarray]:
-    """One UNet evaluation's samples: ``litefocus_index_<width>`` -> int64 ``(L, M)``.
+def draw_request_samples(rng: np.random.Generator, layers: Sequence[Mapping[str, Any]], frames: int,
+                         sparse_ratio: float, *, minimum: int = 0) -> dict[str, np.ndarray]:
+    """One request's samples for one UNet evaluation: ``litefocus_index_<width>`` -> int64 ``(L, M)``.
 
-    Drawn layer by layer in execution order, exactly as the PyTorch path draws them at call time.
-    ``minimum``: at least this many samples per layer (tracing needs 2: size-0/1 dims get specialised).
+    Drawn from the request's own generator layer by layer in execution order, exactly as the PyTorch path
+    draws them at call time. ``minimum``: at least this many samples per layer (tracing needs 2: size-0/1
+    dims get specialised).
     """
     rows: dict[int, list[np.ndarray]] = {}
     for layer in layers:
         tokens = downsampled_length(frames, int(layer["level"])) * int(layer["width"])
         rows.setdefault(int(layer["width"]), []).append(draw_sample_index(rng, tokens, sparse_ratio, minimum=minimum))
     return {index_input_name(width): np.stack(r) for width, r in rows.items()}
+
+
+def place_samples(requests: Sequence[Mapping[str, np.ndarray]], rows: Sequence[int]) -> dict[str, np.ndarray]:
+    """The UNet's index inputs ``(L, batch, M)`` from each request's ``(L, M)`` draw (``draw_request_samples``).
+
+    ``rows[b]`` is the request of batch row ``b``. With classifier-free guidance the batch is ``[uncond rows of
+    all requests..., cond rows of all requests...]``, so for ``n`` requests ``rows = [0, ..., n-1] * 2``: both
+    rows of a request share its one draw (diffusers semantics); without guidance ``rows = range(n)``.
+    """
+    rows = [int(r) for r in rows]
+    if not rows or min(rows) < 0 or max(rows) >= len(requests):
+        raise UsageError(f"batch rows {rows} must name requests 0..{len(requests) - 1}")
+    return {name: np.ascontiguousarray(np.stack([requests[r][name] for r in rows], axis=1))
+            for name in requests[0]}
+
+
+def draw_unet_samples(rngs: np.random.Generator | Sequence[np.random.Generator], layers: Sequence[Mapping[str, Any]],
+                      frames: int, sparse_ratio: float, rows: Sequence[int] | None = None, *,
+                      minimum: int = 0) -> dict[str, np.ndarray]:
+    """One UNet evaluation's index inputs for a batch of requests: ``litefocus_index_<width>`` -> int64
+    ``(L, batch, M)``.
+
+    Args:
+        rngs: each request's samples generator (one generator: one request). Request ``i`` draws its
+            samples from ``rngs[i]`` (``draw_request_samples``), requests in order, so a generator listed
+            twice gives its requests consecutive, different draws.
+        layers, frames, sparse_ratio, minimum: as for ``draw_request_samples``.
+        rows: the request of each batch row (``place_samples``); default one row per request.
+    """
+    rngs = [rngs] if isinstance(rngs, np.random.Generator) else list(rngs)
+    draws = [draw_request_samples(rng, layers, frames, sparse_ratio, minimum=minimum) for rng in rngs]
+    return place_samples(draws, range(len(rngs)) if rows is None else rows) if layers else {}
 
 
 def example_unet_feeds(inputs: Mapping[str, Mapping[str, Any]], frames: int, seed: int, *,
@@ -194,7 +228,8 @@ def example_unet_feeds(inputs: Mapping[str, Mapping[str, Any]], frames: int, see
 
     The same arrays for every backend and tool (export tracing and checks, benchmarks, the report): floats
     standard normal, masks all ones, ``timestep`` constant. Index inputs are drawn after the others from the
-    same generator when ``layers`` are given, and left out otherwise (the PyTorch path draws its own).
+    same generator when ``layers`` are given, a different sample per batch row (rows in order, each row's
+    layers in execution order), and left out otherwise (the PyTorch path draws its own).
     """
     rng = np.random.default_rng(seed)
     sizes = {BATCH: batch, LATENT_FRAMES: frames, **EXAMPLE_TOKENS, **(tokens or {})}
@@ -207,7 +242,7 @@ def example_unet_feeds(inputs: Mapping[str, Mapping[str, Any]], frames: int, see
                        else np.ones(shape, desc["dtype"]))
     feeds["timestep"] = np.full(batch, timestep, inputs["timestep"]["dtype"])
     if layers:
-        feeds.update(draw_unet_samples(rng, layers, frames, sparse_ratio, minimum=min_samples))
+        feeds.update(draw_unet_samples([rng] * batch, layers, frames, sparse_ratio, minimum=min_samples))
     return feeds
 
 

@@ -17,7 +17,10 @@ from typing import Any
 
 from .errors import EngineError, first_line
 
-FORMAT_VERSION = 1
+# 2: the UNet's litefocus_index_<w> inputs are (L, batch, M), one sample per batch row (DESIGN.md §2)
+FORMAT_VERSION = 2
+# folders of older formats are refused with "rebuild it": their engines take (L, M) samples
+MIN_FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 
 

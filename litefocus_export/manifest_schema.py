@@ -1,8 +1,8 @@
 """The one check of a ``manifest.json``'s shape and values, shared by the runtime, ``inspect`` and ``serve``.
 
 Typed parsing by hand (no schema library at run time): required keys and their types, finite and positive
-numbers, ``format_version`` an integer in ``1..FORMAT_VERSION``, bounded size and nesting, and every file
-path relative, normalised and inside the folder. A failure is one ``EngineError`` line naming the field.
+numbers, ``format_version`` an integer in ``MIN_FORMAT_VERSION..FORMAT_VERSION``, bounded size and nesting,
+and every file path relative, normalised and inside the folder. A failure is one ``EngineError`` line naming the field.
 """
 
 from __future__ import annotations
@@ -176,9 +176,10 @@ def _stage(name: str, value: Any, where: str, files: dict[str, Any], kind: str) 
 def check_manifest(data: Any, where: str = "manifest.json") -> dict[str, Any]:
     """``data`` if it has the shape this tool writes, else ``ManifestError`` naming the first bad field.
 
-    ``format_version`` is checked first, so a folder from a newer tool says "upgrade" whatever else changed.
+    ``format_version`` is checked first, so a folder from a newer tool says "upgrade" whatever else changed,
+    and one of an older format (below ``MIN_FORMAT_VERSION``) says "rebuild it".
     """
-    from .manifest import FORMAT_VERSION
+    from .manifest import FORMAT_VERSION, MIN_FORMAT_VERSION
 
     if depth(data) > MAX_DEPTH:
         raise ManifestError(f"{where} is nested more than {MAX_DEPTH} levels deep")
@@ -187,7 +188,10 @@ def check_manifest(data: Any, where: str = "manifest.json") -> dict[str, Any]:
     if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise ManifestError(f"{where} has format version {version}; this tool reads up to {FORMAT_VERSION}: "
                             f"upgrade it")
-    _field(data, "format_version", where, _int(1, FORMAT_VERSION))
+    if isinstance(version, int) and not isinstance(version, bool) and 1 <= version < MIN_FORMAT_VERSION:
+        raise ManifestError(f"{where} has format version {version}: the folder was built by an older version of "
+                            f"litefocus-export (this one reads {MIN_FORMAT_VERSION}..{FORMAT_VERSION}); rebuild it")
+    _field(data, "format_version", where, _int(MIN_FORMAT_VERSION, FORMAT_VERSION))
     kind = _field(data, "kind", where, _choice(KINDS))
     files = _field(data, "files", where, _files)
     model = _field(data, "model", where, _dict)

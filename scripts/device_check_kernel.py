@@ -81,21 +81,31 @@ def reference_of(mods, q, k, v, index, **flags):
 
 
 def check_cases(shapes: list[tuple[int, ...]], dtypes: dict) -> list[tuple]:
-    """(label, shape, dtype name, same, cross, strided) for every correctness check."""
-    cases = [(f"{n} {s}", s, n, True, True, False) for s in shapes for n in dtypes]
+    """(label, shape, dtype name, same, cross, strided, per_row) for every correctness check."""
+    cases = [(f"{n} {s}", s, n, True, True, False, False) for s in shapes for n in dtypes]
     shape = shapes[0]
-    cases += [(f"fp32 {shape} same only", shape, "fp32", True, False, False),
-              (f"fp32 {shape} cross only", shape, "fp32", False, True, False),
-              (f"fp16 {shape} (B,N,H,D) views", shape, "fp16", True, True, True)]
+    cases += [(f"fp32 {shape} same only", shape, "fp32", True, False, False, False),
+              (f"fp32 {shape} cross only", shape, "fp32", False, True, False, False),
+              (f"fp16 {shape} (B,N,H,D) views", shape, "fp16", True, True, True, False),
+              (f"fp16 {shape} (B, M) per-row samples", shape, "fp16", True, True, False, True)]
     return cases
+
+
+def per_row_index(index, batch: int):
+    """(B, M): row b's sample is the shared one rolled by b, so every row differs (for B > 1 and M > 1)."""
+    import torch
+
+    return torch.stack([index.roll(b) for b in range(batch)])
 
 
 def run_checks(mods, shapes, dtypes: dict, device: str) -> bool:
     ok = True
-    for label, shape, name, same, cross, strided in check_cases(shapes, dtypes):
+    for label, shape, name, same, cross, strided, per_row in check_cases(shapes, dtypes):
         q, k, v, index = make_inputs(shape, dtypes[name], device)
         if strided:  # the layout a processor gets from its projections: no copy needed
             q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
+        if per_row:  # one sample per batch row (DESIGN.md §1): the kernel moves its index pointer per row
+            index = per_row_index(index, shape[0])
         flags = dict(freq_bins=shape[3], same_frequency=same, cross_frequency=cross)
         err = rel_err(mods.kernel.dual_sparse_attention_triton(q, k, v, index, **flags),
                       reference_of(mods, q, k, v, index, **flags))

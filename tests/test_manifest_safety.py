@@ -127,6 +127,15 @@ def test_bad_format_versions(small_engine, version):
         read_manifest(folder)
 
 
+def test_older_format_says_rebuild(small_engine):
+    """Format 1 engines take (L, M) samples, not the (L, batch, M) per-row ones: refused in one line."""
+    folder, manifest = small_engine
+    write(folder, {**manifest, "format_version": 1})
+    with pytest.raises(EngineError, match="format version 1: the folder was built by an older version") as info:
+        read_manifest(folder)
+    assert "rebuild it" in str(info.value) and "\n" not in str(info.value)
+
+
 def test_newer_format_says_upgrade(small_engine):
     folder, manifest = small_engine
     write(folder, {**manifest, "format_version": 99})

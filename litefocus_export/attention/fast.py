@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .reference import check_inputs
+from .reference import check_inputs, gather_samples
 
 
 def fold_frequency(x: torch.Tensor, freq_bins: int) -> torch.Tensor:
@@ -38,12 +38,14 @@ def dual_sparse_attention_fast(
 
     if not same_frequency:
         # every query sees the same M keys: no fold needed
-        return F.scaled_dot_product_attention(q, k[:, :, sample_index], v[:, :, sample_index], scale=scale)
+        return F.scaled_dot_product_attention(
+            q, gather_samples(k, sample_index), gather_samples(v, sample_index), scale=scale
+        )
 
     def keys_for_each_bin(x: torch.Tensor) -> torch.Tensor:
         per_bin = fold_frequency(x, freq_bins)
         if sampled:
-            shared = x[:, :, sample_index].unsqueeze(2).expand(batch, heads, freq_bins, -1, dim)
+            shared = gather_samples(x, sample_index).unsqueeze(2).expand(batch, heads, freq_bins, -1, dim)
             per_bin = torch.cat([per_bin, shared], dim=3)
         return per_bin.reshape(batch, heads * freq_bins, -1, dim)
 

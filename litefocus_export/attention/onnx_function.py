@@ -26,7 +26,8 @@ litefocus = Opset(OP_DOMAIN, OP_DOMAIN_VERSION)
 def DualSparseAttention(
     q, k, v, sample_index: INT64, freq_bins: int, scale: float, same_frequency: int = 1, cross_frequency: int = 1
 ):
-    """DualSparseAttention(q, k, v, sample_index) -> out, all of shape (B, H, N, D) except the int64 (M,) index.
+    """DualSparseAttention(q, k, v, sample_index) -> out, all of shape (B, H, N, D) except the int64 index:
+    (M,) (one sample for every batch row) or (B, M) (row b's own sample).
 
     PyTorch equivalent: ``litefocus_export.attention.dual_sparse_attention(q, k, v, sample_index,
     freq_bins=freq_bins, scale=scale, same_frequency=bool(same_frequency),
@@ -42,9 +43,14 @@ def DualSparseAttention(
     q5 = op.Transpose(op.Reshape(q, grid), perm=[0, 1, 3, 2, 4])
     k5 = op.Transpose(op.Reshape(k, grid), perm=[0, 1, 3, 4, 2])  # keys pre-transposed: (B, H, F, D, T)
     v5 = op.Transpose(op.Reshape(v, grid), perm=[0, 1, 3, 2, 4])
+    # the sample per batch row, (B, M) (an (M,) sample is every row's), as GatherND indices (B, H, M, 1)
+    samples = op.Shape(sample_index, start=-1)
+    rows = op.Expand(sample_index, op.Concat(op.Shape(q, start=0, end=1), samples, axis=0))
+    gather = op.Expand(op.Unsqueeze(rows, op.Constant(value_ints=[1, 3])),
+                       op.Concat(op.Shape(q, start=0, end=2), samples, op.Constant(value_ints=[1]), axis=0))
     # sampled tokens, shared by every bin through MatMul broadcasting: (B, H, 1, D, M) / (B, H, 1, M, D)
-    ks = op.Unsqueeze(op.Transpose(op.Gather(k, sample_index, axis=2), perm=[0, 1, 3, 2]), [2])
-    vs = op.Unsqueeze(op.Gather(v, sample_index, axis=2), [2])
+    ks = op.Unsqueeze(op.Transpose(op.GatherND(k, gather, batch_dims=2), perm=[0, 1, 3, 2]), [2])
+    vs = op.Unsqueeze(op.GatherND(v, gather, batch_dims=2), [2])
 
     q5 = op.Mul(q5, op.CastLike(op.Constant(value_float=scale), q))
     same_bias = op.CastLike(op.Log(op.Cast(op.Constant(value_int=same_frequency), to=1)), q)

@@ -6,7 +6,7 @@ contrib MultiHeadAttention runs a flash-style kernel instead (measured on CPU; O
 CUDA too). Building an ORT engine rewrites each contract node into the dense form of DESIGN.md §1
 around one MultiHeadAttention: frequency *and heads* folded into its batch (``num_heads=1``), so the
 rewrite needs no shape the node does not carry. Keys and values are the T same-bin tokens followed by
-the M sampled ones.
+the M sampled ones of the query's batch row (``sample_index`` ``(M,)`` or ``(B, M)``, gathered per row).
 """
 
 from __future__ import annotations
@@ -52,6 +52,17 @@ class NodeWriter:
                                                    self("Shape", [x], f"{tag}_sd", start=-2)], f"{tag}_shape",
                                                   axis=0)], tag)
 
+    def sample_rows(self, index: str, like: str) -> str:
+        """GatherND indices ``(B, H, M, 1)`` for ``like`` ``(B, H, N, D)``: the sample of each batch row.
+
+        An ``(M,)`` index is every row's sample (broadcast), a ``(B, M)`` one gives row ``b`` its own."""
+        samples = self("Shape", [index], "samples", start=-1)
+        rows = self("Expand", [index, self("Concat", [self("Shape", [like], "b", start=0, end=1), samples],
+                                           "rows_shape", axis=0)], "rows")
+        rows4 = self("Unsqueeze", [rows, self.ints("rows_ax", [1, 3])], "rows4")
+        return self("Expand", [rows4, self("Concat", [self("Shape", [like], "bh2", start=0, end=2), samples,
+                                                      self.ints("one", [1])], "gather_shape", axis=0)], "gather")
+
     def finish(self, x: str, like: str, output: str) -> list[onnx.NodeProto]:
         """Reshape ``x`` to the shape of ``like`` as ``output``; returns every node written."""
         self.nodes.append(helper.make_node("Reshape", [x, self("Shape", [like], "out_shape")], [output],
@@ -77,7 +88,9 @@ def multihead_attention_nodes(node: onnx.NodeProto) -> list[onnx.NodeProto]:
 
     if not same:
         # every query sees the same M keys: fold heads only
-        keys = {r: w.fold(w("Gather", [x, index], f"{r}_sampled", axis=2), f"{r}_keys") for r, x in inputs.items()}
+        rows = w.sample_rows(index, q)
+        keys = {r: w.fold(w("GatherND", [x, rows], f"{r}_sampled", batch_dims=2), f"{r}_keys")
+                for r, x in inputs.items()}
         return w.finish(w("MultiHeadAttention", [w.fold(q, "q_fold"), keys["k"], keys["v"]], "mha", **mha), q,
                         node.output[0])
 
@@ -87,11 +100,12 @@ def multihead_attention_nodes(node: onnx.NodeProto) -> list[onnx.NodeProto]:
     per_bin = {r: w("Transpose", [w("Reshape", [x, grid], f"{r}_grid")], f"{r}_bins", perm=[0, 1, 3, 2, 4])
                for r, x in {"q": q, **inputs}.items()}
     keys = {}
+    rows = w.sample_rows(index, q) if cross else ""
     for r, x in inputs.items():
         keys[r] = per_bin[r]
         if cross:
-            # the sampled tokens, the same for every bin: (B, H, 1, M, D) broadcast to (B, H, F, M, D)
-            sampled = w("Unsqueeze", [w("Gather", [x, index], f"{r}_sampled", axis=2), w.ints(f"{r}_ax", [2])],
+            # each row's sampled tokens, the same for every bin: (B, H, 1, M, D) broadcast to (B, H, F, M, D)
+            sampled = w("Unsqueeze", [w("GatherND", [x, rows], f"{r}_sampled", batch_dims=2), w.ints(f"{r}_ax", [2])],
                         f"{r}_sampled5")
             bins = w("Concat", [w("Shape", [per_bin[r]], f"{r}_bhf", start=0, end=3), w.ints(f"{r}_ones", [1, 1])],
                      f"{r}_expand_shape", axis=0)

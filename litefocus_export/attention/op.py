@@ -54,8 +54,9 @@ def dual_sparse_attention(
 
     Args:
         q, k, v: ``(B, H, N, D)`` with tokens time-major, ``N = T * freq_bins``.
-        sample_index: int64 ``(M,)`` token indices for cross-frequency compensation (M may be 0;
-            indices that are also same-frequency keys are counted twice, as in the reference).
+        sample_index: int64 ``(M,)`` token indices for cross-frequency compensation, shared by every
+            batch row, or ``(B, M)``: row ``b``'s own sample (M may be 0; indices that are also
+            same-frequency keys are counted twice, as in the reference).
         freq_bins: frequency bins ``F`` of the layer's latent grid.
         scale: softmax scale, default ``D ** -0.5``.
         same_frequency, cross_frequency: the two key sets; at least one must be on.

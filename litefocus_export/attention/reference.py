@@ -31,10 +31,27 @@ def check_inputs(
     n_tokens = q.shape[2]
     if freq_bins <= 0 or n_tokens % freq_bins:
         raise UsageError(f"dual_sparse_attention: N={n_tokens} tokens is not a multiple of freq_bins={freq_bins}")
-    if sample_index.dim() != 1 or sample_index.dtype != torch.int64:
-        raise UsageError("dual_sparse_attention: sample_index must be a 1-D int64 tensor")
+    if sample_index.dtype != torch.int64 or sample_index.dim() not in (1, 2) or (
+        sample_index.dim() == 2 and sample_index.shape[0] != q.shape[0]
+    ):
+        raise UsageError(
+            f"dual_sparse_attention: sample_index must be int64 (M,) or (B, M) with B={q.shape[0]}, got "
+            f"{sample_index.dtype} {tuple(sample_index.shape)}"
+        )
     if not same_frequency and sample_index.numel() == 0:
         raise UsageError("dual_sparse_attention: cross_frequency alone with an empty sample has no keys")
+
+
+def gather_samples(x: torch.Tensor, sample_index: torch.Tensor) -> torch.Tensor:
+    """The sampled tokens of ``x`` ``(B, H, N, D)``: ``(B, H, M, D)``.
+
+    ``sample_index`` ``(M,)`` is one sample for every batch row; ``(B, M)`` gives row ``b`` its own.
+    """
+    if sample_index.dim() == 1:
+        return x[:, :, sample_index]
+    batch, heads, _, dim = x.shape
+    rows = sample_index[:, None, :, None].expand(batch, heads, sample_index.shape[-1], dim)
+    return torch.gather(x, 2, rows)
 
 
 def dual_sparse_attention_reference(
@@ -48,7 +65,7 @@ def dual_sparse_attention_reference(
     same_frequency: bool = True,
     cross_frequency: bool = True,
 ) -> torch.Tensor:
-    """Dual sparse attention, reference form. Shapes: q, k, v ``(B, H, N, D)``, index ``(M,)``."""
+    """Dual sparse attention, reference form. Shapes: q, k, v ``(B, H, N, D)``, index ``(M,)`` or ``(B, M)``."""
     check_inputs(q, k, v, sample_index, freq_bins, same_frequency, cross_frequency)
     batch, heads, n_tokens, dim = q.shape
     frames = n_tokens // freq_bins
@@ -61,7 +78,7 @@ def dual_sparse_attention_reference(
         same = torch.einsum("bhtfd,bhyfd->bhtfy", q.view(grid), k.view(grid)) * scale
         scores.append(same.reshape(batch, heads, n_tokens, frames))
     if cross_frequency:
-        scores.append(q @ k[:, :, sample_index].transpose(-2, -1) * scale)
+        scores.append(q @ gather_samples(k, sample_index).transpose(-2, -1) * scale)
     weights = torch.softmax(torch.cat(scores, dim=-1), dim=-1)
 
     out = torch.zeros_like(q)
@@ -70,5 +87,5 @@ def dual_sparse_attention_reference(
         out = out + torch.einsum("bhtfy,bhyfd->bhtfd", w_same, v.view(grid)).reshape(q.shape)
     if cross_frequency:
         w_cross = weights[..., frames:] if same_frequency else weights
-        out = out + w_cross @ v[:, :, sample_index]
+        out = out + w_cross @ gather_samples(v, sample_index)
     return out

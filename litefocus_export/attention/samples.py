@@ -1,8 +1,10 @@
 """Where a patched layer gets its cross-frequency sample from at each call.
 
-A sample source is a callable ``(layer_name, n_tokens) -> int64 indices``. ``RandomSamples`` draws
-fresh ones (DESIGN.md §1: a new sample per layer call) with the same numpy function the runtime uses;
-``QueuedSamples`` replays samples supplied from outside, for parity tests against engines.
+A sample source is a callable ``(layer_name, n_tokens) -> int64 indices``, ``(M,)`` (one sample for the
+whole batch) or ``(B, M)`` (one per batch row, DESIGN.md §1). ``RandomSamples`` draws fresh ``(M,)`` ones
+(a new sample per layer call, as the reference and the diffusers pipeline do) with the same numpy function
+the runtime uses; ``QueuedSamples`` replays samples supplied from outside (either form), for export tracing
+and parity tests against engines.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class RandomSamples:
 
 
 class QueuedSamples:
-    """Replays given samples: ``{layer_name: [index for call 0, call 1, ...]}``."""
+    """Replays given samples: ``{layer_name: [index for call 0, call 1, ...]}``, each ``(M,)`` or ``(B, M)``."""
 
     def __init__(self, samples: Mapping[str, Iterable[np.ndarray]]):
         self.queues = {name: deque(np.asarray(s, dtype=np.int64) for s in seq) for name, seq in samples.items()}

@@ -129,7 +129,9 @@ def built_stages(settings: BuildSettings, export_manifest: dict[str, Any]) -> di
 
 
 def engine_key(settings: BuildSettings, export_manifest: dict[str, Any], backend: dict[str, Any]) -> str:
-    return cache_key({"files": {k: v["sha256"] for k, v in export_manifest["files"].items()},
+    # the model's fingerprint (configs, and for a hub id the commit it resolved to) as well as the files
+    return cache_key({"model": export_manifest["model"].get("fingerprint"),
+                      "files": {k: v["sha256"] for k, v in export_manifest["files"].items()},
                       "litefocus": export_manifest.get("litefocus"), "stages": sorted(export_manifest["stages"]),
                       "profile": settings.profile.to_dict(), "precision": settings.export.precision,
                       "backend": backend})

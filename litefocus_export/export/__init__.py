@@ -34,8 +34,9 @@ FP16_KEEP_FP32 = ["Softmax", "LayerNormalization", "GroupNormalization", "Instan
 
 
 # what an export folder holds and how: part of the export cache key, so a change re-exports
-# (2: scheduler_config.json keeps diffusers' _use_default_values)
-EXPORT_FORMAT = 2
+# (2: scheduler_config.json keeps diffusers' _use_default_values; 3: per-row samples, litefocus_index_<w> is
+# (L, batch, M); 4: the vocoder as 2-D (1, k) convolutions, its receptive field in its metadata)
+EXPORT_FORMAT = 4
 ATTENTIONS = ("litefocus", "full")
 PRECISIONS = ("fp32", "fp16")
 
@@ -114,7 +115,8 @@ def export_pipeline(spec: str, out_dir: str | os.PathLike, settings: ExportSetti
         ExportError: the export itself failed or broke the custom-op contract.
     """
     from ..manifest import tool_versions, write_manifest
-    from ..models import load_pipeline, pipeline_geometry, pipeline_kind, spec_fingerprint
+    from ..models import load_pipeline, pipeline_geometry, pipeline_kind
+    from ..models.specs import model_record
     from ..outputs import check_output_folder, path_lock, staged_folder
     from .stages import export_stages
     from .unet import export_unet
@@ -130,7 +132,7 @@ def export_pipeline(spec: str, out_dir: str | os.PathLike, settings: ExportSetti
         geometry = pipeline_geometry(pipe)
         data = {
             "kind": "export",
-            "model": {"spec": str(spec), "fingerprint": spec_fingerprint(spec), "pipeline": kind},
+            "model": {**model_record(spec), "pipeline": kind},
             "geometry": {**geometry.__dict__, "latent_channels": int(pipe.unet.config.in_channels)},
             "attention": settings.attention,
             "litefocus": settings.litefocus_config().to_dict() if settings.attention == "litefocus" else None,

@@ -106,6 +106,10 @@ def _metadata(pipe: Any, kind: str, name: str) -> dict[str, str]:
     meta = {"litefocus.stage": name, "litefocus.kind": kind}
     if name == "language_model":
         meta[MAX_NEW_TOKENS_KEY] = str(int(pipe.language_model.config.max_new_tokens))
+    if name == "vocoder":  # its receptive field, so the torch-free runtime can decode in exact chunks
+        from ..runtime.decode import VOCODER_FIELD_KEY, VocoderField
+
+        meta[VOCODER_FIELD_KEY] = VocoderField.from_config(pipe.vocoder.config.to_dict()).to_json()
     return meta
 
 

@@ -1,8 +1,9 @@
 """UNet -> ONNX with every LiteFocus layer as one ``ai.litefocus::DualSparseAttention`` node.
 
 DESIGN.md §2 (``contract.unet_inputs``): inputs are named after the diffusers UNet forward arguments, plus one
-``litefocus_index_<width>`` int64 ``(L, M)`` input per patched level (row l: the l-th patched layer of
-that level in execution order). Batch and latent time are dynamic, so one file serves every duration.
+``litefocus_index_<width>`` int64 ``(L, batch, M)`` input per patched level (``[l, b]``: the sample of the
+l-th patched layer of that level in execution order for batch row b). Batch, latent time and the samples
+axis are dynamic, so one file serves every duration, batch size and sparse ratio.
 """
 
 from __future__ import annotations
@@ -59,11 +60,13 @@ class UNetSignature:
 
 
 def unet_signature(pipe: Any, frames: int = EXAMPLE_FRAMES, batch: int = EXAMPLE_BATCH,
-                   min_samples: int = 2) -> UNetSignature:
-    """Example inputs for export: latents, timestep, conditioning, one index input per patched level.
+                   min_samples: int = EXAMPLE_BATCH + 1) -> UNetSignature:
+    """Example inputs for export: latents, timestep, conditioning, one index input per patched level (a
+    different sample per batch row).
 
     ``min_samples``: at least this many samples per layer. Tracing needs 2 (torch.export specialises
-    size-0/1 dims and the samples axis must stay dynamic); verification uses the real count, 0 included.
+    size-0/1 dims and the samples axis must stay dynamic) and more than the example batch (equal sizes
+    may be traced as one dimension); verification uses the real count, 0 included.
     """
     state = litefocus_state(pipe)
     layers = [layer.as_dict() for layer in state.layers] if state is not None else []
@@ -78,7 +81,7 @@ def unet_signature(pipe: Any, frames: int = EXAMPLE_FRAMES, batch: int = EXAMPLE
 
 
 class IndexInputSamples:
-    """Sample source that hands each patched layer its row of the graph's index inputs."""
+    """Sample source that hands each patched layer its ``(batch, M)`` rows of the graph's index inputs."""
 
     def __init__(self) -> None:
         self.rows: dict[str, torch.Tensor] = {}

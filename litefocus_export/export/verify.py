@@ -25,7 +25,11 @@ def errors(actual: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
 
 
 def verify_unet(pipe: Any, path: Path, settings: Any, frames: int) -> tuple[float, float]:
-    """Run ``path`` (the UNet ONNX) and the PyTorch UNet at ``frames`` latent frames; return errors."""
+    """Run ``path`` (the UNet ONNX) and the PyTorch UNet at ``frames`` latent frames; return errors.
+
+    The example batch has a different LiteFocus sample per row (``(L, batch, M)`` index inputs); PyTorch
+    replays the same ``(B, M)`` rows, so per-row gathering is verified too.
+    """
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -1,4 +1,4 @@
-"""Model specs and pipelines: offline random-weight AudioLDM2 / AudioLDM / MusicLDM, or local snapshots.
+"""Model specs and pipelines: offline random-weight AudioLDM2 / AudioLDM / MusicLDM, local snapshots, hub ids.
 
 Importing this package is torch-free (``BUILTIN_SPECS``, ``spec_fingerprint``); torch, transformers and
 diffusers load when a pipeline or component is built.

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..contract import CONTEXT_FREE_KINDS
 from ..geometry import AudioGeometry
-from .specs import PIPELINE_CLASSES, RANDOM_PREFIX, PipelineKind, folder_kind, random_spec, snapshot_folder
+from .specs import PIPELINE_CLASSES, RANDOM_PREFIX, PipelineKind, folder_kind, local_folder, random_spec
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class ModelFacts:
 
 
 def model_facts(spec: str) -> ModelFacts:
-    """Facts of a built-in spec or a snapshot folder, from its config files.
+    """Facts of a built-in spec, a snapshot folder or a hub id, from its config files.
 
     Raises:
         UsageError: unknown spec or a folder without model_index.json.
@@ -47,7 +47,7 @@ def model_facts(spec: str) -> ModelFacts:
         kind, config = rspec.kind, lambda name: rspec.config(name)["config"]
         unet_class = rspec.config("unet")["class"]
     else:
-        path = snapshot_folder(spec)
+        path = local_folder(spec)
         kind = folder_kind(path)
         config = lambda name: json.loads((path / name / "config.json").read_text())  # noqa: E731
         unet_class = json.loads((path / "model_index.json").read_text())["unet"][1]

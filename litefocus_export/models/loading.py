@@ -1,8 +1,9 @@
 """Turn a model spec into a diffusers pipeline or one of its components.
 
-A spec is a built-in random model (``random:audioldm2-tiny``, ... see ``BUILTIN_SPECS``) or a local
-diffusers snapshot folder (``save_pretrained`` layout with model_index.json). Nothing is downloaded:
-folders load with ``local_files_only=True``.
+A spec is a built-in random model (``random:audioldm2-tiny``, ... see ``BUILTIN_SPECS``), a local
+diffusers snapshot folder (``save_pretrained`` layout with model_index.json) or a Hugging Face id
+``ORG/NAME[@REVISION]``, resolved to its snapshot folder in the hub cache (``hub.py``: downloaded first when
+missing, unless ``HF_HUB_OFFLINE`` is set). Folders then load with ``local_files_only=True``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import UsageError
 from .compat import CLASS_SUBSTITUTES, apply_pipeline_fixes
 from .random_build import build_component, build_random_pipeline
-from .specs import PIPELINE_CLASSES, RANDOM_PREFIX, PipelineKind, folder_kind, random_spec, snapshot_folder
+from .specs import PIPELINE_CLASSES, RANDOM_PREFIX, PipelineKind, folder_kind, local_folder, random_spec
 
 if TYPE_CHECKING:
     import torch
@@ -45,7 +46,7 @@ def load_pipeline(
     """Load (folder) or build (``random:...``) an AudioLDM2 / AudioLDM / MusicLDM pipeline.
 
     Args:
-        spec: a built-in spec from ``BUILTIN_SPECS`` or a local diffusers snapshot folder.
+        spec: a built-in spec from ``BUILTIN_SPECS``, a local diffusers snapshot folder or a hub id.
         device: torch device the pipeline is moved to (default ``"cpu"``).
         dtype: weight dtype, a ``torch.dtype`` or its name (default float32).
 
@@ -58,7 +59,7 @@ def load_pipeline(
     if str(spec).startswith(RANDOM_PREFIX):
         pipe = _cast(build_random_pipeline(random_spec(str(spec))), torch_dtype)
     else:
-        pipe = _load_folder(snapshot_folder(spec), torch_dtype)
+        pipe = _load_folder(local_folder(spec), torch_dtype)
     pipe = apply_pipeline_fixes(pipe.to(device))
     logger.info("loaded %s (%s) in %.1f s", spec, pipeline_kind(pipe), time.perf_counter() - start)
     return pipe
@@ -135,7 +136,7 @@ def load_component(
         if isinstance(component, torch.nn.Module):
             component = _cast(component, torch_dtype)
     else:
-        path = snapshot_folder(spec)
+        path = local_folder(spec)
         entry = json.loads((path / "model_index.json").read_text()).get(name)
         if not isinstance(entry, list) or entry[0] is None:
             raise UsageError(f"folder {str(path)!r} has no component {name!r}")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import UsageError
+from . import hub
 
 PipelineKind = Literal["audioldm2", "audioldm", "musicldm"]
 RANDOM_PREFIX = "random:"
@@ -119,8 +120,10 @@ CLAP_AUDIO = {
     "projection_dim": 512,
     "enable_fusion": False,
 }
-# MusicLDM's CLAP has a wider audio branch (diffusers' MusicLDM conversion script).
-MUSICLDM_CLAP_AUDIO = {
+# The CLAP of AudioLDM2 and MusicLDM has a wider audio branch: text_encoder/config.json of cvssp/audioldm2,
+# cvssp/audioldm2-large and ucsd-reach/musicldm (depths [2, 2, 12, 2], hidden_size 1024, patch_embeds_hidden_size
+# 128), as diffusers' AudioLDM2 and MusicLDM conversion scripts build it.
+WIDE_CLAP_AUDIO = MUSICLDM_CLAP_AUDIO = {
     **CLAP_AUDIO,
     "patch_embeds_hidden_size": 128,
     "hidden_size": 1024,
@@ -230,6 +233,29 @@ REAL_CHANNELS = [128, 256, 384, 640]
 TINY_CHANNELS = [16, 32, 32, 64]
 AUDIOLDM2_UNET = _unet_audioldm2(REAL_CHANNELS, 8, 32, GPT2["n_embd"], T5["d_model"])
 TINY_AUDIOLDM2_UNET = _unet_audioldm2(TINY_CHANNELS, 4, 8, TINY_GPT2["n_embd"], TINY_T5["d_model"])
+# cvssp/audioldm2-large. Sources: haoheliu/AudioLDM2 audioldm2/utils.py sets, for "-large-" checkpoints,
+# ``context_dim = [768, 1024, None]`` and ``transformer_depth = 2``; diffusers'
+# convert_original_audioldm2_to_diffusers.py says "Set to `[768, 1024, None]` for the large model" and
+# "transformer_layers_per_block ... `2` for the large model", and its base config spells the original's implicit
+# extra self-attention transformer as a leading None ([None, 768, 1024] for the base's [768, 1024]). So the large
+# UNet has four transformers per layer, [None, 768, 1024, None] (diffusers' AudioLDM2 blocks route transformers 0-1
+# to the GPT2 states and 2+ to Flan-T5's; None ones see no context), each two layers deep. Check: 718M UNet
+# parameters and 1.49B in all, against the model card's "750M" and "1.5B" (three transformers would give 570M
+# and 1.35B). F = 8 self-attentions: 12 per layer (8 attn1 + the 4 attn2 of the context-free transformers), 60 in all.
+def _large(unet: dict[str, Any]) -> dict[str, Any]:
+    dims = unet["cross_attention_dim"][0]
+    return {**unet, "cross_attention_dim": [[*dims, None]] * len(unet["block_out_channels"]),
+            "transformer_layers_per_block": 2}
+
+
+AUDIOLDM2_LARGE_UNET = _large(AUDIOLDM2_UNET)
+TINY_AUDIOLDM2_LARGE_UNET = _large(TINY_AUDIOLDM2_UNET)
+# cvssp/audioldm-m-full / audioldm-l-full (their unet/config.json and model card: "UNet dim" 192 and 256,
+# channel_mult (1, 2, 3, 5); m-full's config has attention_head_dim 8, projection_class_embeddings_input_dim 512,
+# sample_size 128; the l-full card: "twice the number of UNet channels ... as the small checkpoint"). Check: the
+# s / m / l pipelines total 421M, 652M and 975M parameters, the cards' "Params" column exactly.
+MEDIUM_CHANNELS = [192, 384, 576, 960]
+LARGE_CHANNELS = [256, 512, 768, 1280]
 
 
 def _c(cls: str, config: dict[str, Any]) -> dict[str, Any]:
@@ -242,8 +268,8 @@ def _clap(text: dict[str, Any], audio: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def _audioldm2(tiny: bool) -> dict[str, dict[str, Any]]:
-    text, audio = (TINY_CLAP_TEXT, TINY_CLAP_AUDIO) if tiny else (CLAP_TEXT, CLAP_AUDIO)
+def _audioldm2(tiny: bool, large: bool = False) -> dict[str, dict[str, Any]]:
+    text, audio = (TINY_CLAP_TEXT, TINY_CLAP_AUDIO) if tiny else (CLAP_TEXT, WIDE_CLAP_AUDIO)
     t5, gpt2 = (TINY_T5, TINY_GPT2) if tiny else (T5, GPT2)
     dims = {"text_encoder_dim": text["projection_dim"], "text_encoder_1_dim": t5["d_model"]}
     return {
@@ -256,16 +282,18 @@ def _audioldm2(tiny: bool) -> dict[str, dict[str, Any]]:
         "tokenizer": _c("RobertaTokenizer", {"model_max_length": 77 if tiny else 512}),
         "tokenizer_2": _c("T5Tokenizer", {"model_max_length": 128}),
         "feature_extractor": _c("ClapFeatureExtractor", TINY_FEATURES if tiny else FEATURES),
-        "unet": _c("AudioLDM2UNet2DConditionModel", TINY_AUDIOLDM2_UNET if tiny else AUDIOLDM2_UNET),
+        "unet": _c("AudioLDM2UNet2DConditionModel", {
+            (True, False): TINY_AUDIOLDM2_UNET, (False, False): AUDIOLDM2_UNET,
+            (True, True): TINY_AUDIOLDM2_LARGE_UNET, (False, True): AUDIOLDM2_LARGE_UNET}[tiny, large]),
         "scheduler": _c("DDIMScheduler", SCHEDULER),
         "vocoder": _c("SpeechT5HifiGan", TINY_VOCODER if tiny else VOCODER),
     }
 
 
-def _ldm_common(tiny: bool, sample_size: int) -> dict[str, dict[str, Any]]:
+def _ldm_common(tiny: bool, sample_size: int, channels: list[int] = REAL_CHANNELS) -> dict[str, dict[str, Any]]:
     # AudioLDM and MusicLDM share the UNet, VAE and vocoder layout; sample_size is the default length.
     text = TINY_CLAP_TEXT if tiny else CLAP_TEXT
-    channels, heads, groups = (TINY_CHANNELS, 4, 8) if tiny else (REAL_CHANNELS, 8, 32)
+    channels, heads, groups = (TINY_CHANNELS, 4, 8) if tiny else (channels, 8, 32)
     return {
         "vae": _c("AutoencoderKL", {**(TINY_VAE if tiny else VAE), "sample_size": 4 * sample_size}),
         "tokenizer": _c("RobertaTokenizer", {"model_max_length": 77 if tiny else 512}),
@@ -277,9 +305,9 @@ def _ldm_common(tiny: bool, sample_size: int) -> dict[str, dict[str, Any]]:
     }
 
 
-def _audioldm(tiny: bool) -> dict[str, dict[str, Any]]:
+def _audioldm(tiny: bool, channels: list[int] = REAL_CHANNELS) -> dict[str, dict[str, Any]]:
     text = TINY_CLAP_TEXT if tiny else CLAP_TEXT
-    return {"text_encoder": _c("ClapTextModelWithProjection", text), **_ldm_common(tiny, 128)}  # 5.12 s
+    return {"text_encoder": _c("ClapTextModelWithProjection", text), **_ldm_common(tiny, 128, channels)}  # 5.12 s
 
 
 def _musicldm(tiny: bool) -> dict[str, dict[str, Any]]:
@@ -320,13 +348,36 @@ RANDOM_SPECS: dict[str, RandomSpec] = {
     for suffix, tiny in (("-tiny", True), ("", False))
     for kind, build in _BUILDERS.items()
 }
+# The other checkpoints' layouts: AudioLDM2-large (its tiny variant keeps the 2 transformer layers), AudioLDM
+# medium and large (real size only: their tiny layout would be audioldm-tiny's).
+RANDOM_SPECS.update({
+    "audioldm2-large-tiny": RandomSpec("audioldm2-large-tiny", "audioldm2", _audioldm2(True, large=True)),
+    "audioldm2-large": RandomSpec("audioldm2-large", "audioldm2", _audioldm2(False, large=True)),
+    "audioldm-m": RandomSpec("audioldm-m", "audioldm", _audioldm(False, MEDIUM_CHANNELS)),
+    "audioldm-l": RandomSpec("audioldm-l", "audioldm", _audioldm(False, LARGE_CHANNELS)),
+})
 BUILTIN_SPECS: tuple[str, ...] = tuple(RANDOM_PREFIX + name for name in RANDOM_SPECS)
 DEFAULT_SPEC = "random:audioldm2-tiny"
+
+# Every supported public checkpoint -> the built-in spec with its architecture (same component configs as the
+# checkpoint's, random weights). cvssp/audioldm2-music: same UNet and text models as cvssp/audioldm2 (the model
+# card's table: 350M UNet, 1.1B total, like the base; a unet/config.json saved from its snapshot 0019cb0 lists the
+# base's block_out_channels, layers_per_block 2 and cross_attention_dim [None, 768, 1024]).
+HUB_ARCHITECTURES: dict[str, str] = {
+    "cvssp/audioldm2": "audioldm2",
+    "cvssp/audioldm2-large": "audioldm2-large",
+    "cvssp/audioldm2-music": "audioldm2",
+    "cvssp/audioldm-s-full-v2": "audioldm",
+    "cvssp/audioldm-m-full": "audioldm-m",
+    "cvssp/audioldm-l-full": "audioldm-l",
+    "ucsd-reach/musicldm": "musicldm",
+}
 
 
 def _valid_specs() -> str:
     return (
-        f"valid built-in specs: {', '.join(BUILTIN_SPECS)}, or a local diffusers folder with model_index.json"
+        f"valid built-in specs: {', '.join(BUILTIN_SPECS)}, a local diffusers folder with model_index.json, or a "
+        f"Hugging Face id ORG/NAME[@REVISION] (e.g. {', '.join(HUB_ARCHITECTURES)})"
     )
 
 
@@ -351,24 +402,60 @@ def snapshot_folder(spec: str | Path) -> Path:
 
 
 def check_spec(spec: str | Path) -> str | Path:
-    """``spec`` if it names a built-in model or a snapshot folder (cheap: nothing is loaded), else UsageError."""
+    """``spec`` if it names a built-in model, a snapshot folder or a hub id (cheap: nothing is loaded or
+    downloaded; a hub id must be cached when ``HF_HUB_OFFLINE`` is set), else UsageError."""
     if not isinstance(spec, (str, Path)) or not str(spec):
         raise UsageError(f"model spec must be a non-empty string, got {spec!r}; {_valid_specs()}")
     if str(spec).startswith(RANDOM_PREFIX):
         random_spec(str(spec))
+    elif hub.looks_like_hub_id(spec):
+        snapshot = hub.resolve(str(spec), download=False)
+        if snapshot.commit:
+            _snapshot_kind(snapshot)
     else:
         folder_kind(snapshot_folder(spec))
     return spec
 
 
-def folder_kind(path: Path) -> PipelineKind:
-    """Pipeline kind from a snapshot's model_index.json ``_class_name``."""
+def folder_kind(path: Path, name: str | None = None) -> PipelineKind:
+    """Pipeline kind from a snapshot's model_index.json ``_class_name`` (``name``: what errors call it)."""
     class_name = json.loads((path / "model_index.json").read_text()).get("_class_name")
     if class_name not in PIPELINE_CLASSES:
-        raise UsageError(
-            f"folder {str(path)!r} holds a {class_name!r}; supported pipelines: {', '.join(PIPELINE_CLASSES)}"
-        )
+        what = name or f"folder {str(path)!r}"
+        raise UsageError(f"{what} holds a {class_name!r}; supported pipelines: {', '.join(PIPELINE_CLASSES)}")
     return PIPELINE_CLASSES[class_name]
+
+
+def _snapshot_kind(snapshot: hub.HubSnapshot) -> PipelineKind:
+    name = f"model {snapshot.repo_id}@{snapshot.revision} (commit {snapshot.commit})"
+    if not (snapshot.folder / "model_index.json").is_file():
+        raise UsageError(f"{name} has no model_index.json: not a diffusers pipeline; {_valid_specs()}")
+    return folder_kind(snapshot.folder, name)
+
+
+def local_folder(spec: str | Path) -> Path:
+    """The diffusers folder of a local or hub spec (a hub id is resolved in the cache, downloaded if missing
+    and not offline), checked to hold a supported pipeline.
+
+    Raises:
+        UsageError: a missing folder, no model_index.json, another pipeline class, an unknown or uncached id.
+    """
+    if hub.looks_like_hub_id(spec):
+        snapshot = hub.resolve(str(spec))
+        _snapshot_kind(snapshot)
+        return snapshot.folder
+    return snapshot_folder(spec)
+
+
+def model_record(spec: str | Path) -> dict[str, Any]:
+    """What a manifest records about the model: the spec, its fingerprint and, for a hub id, the repository,
+    the revision asked for, the commit it resolved to and the known architecture."""
+    record: dict[str, Any] = {"spec": str(spec), "fingerprint": spec_fingerprint(spec)}
+    if hub.looks_like_hub_id(spec):
+        snapshot = hub.resolve(str(spec))
+        record.update(repo_id=snapshot.repo_id, revision=snapshot.revision, commit=snapshot.commit,
+                      architecture=HUB_ARCHITECTURES.get(snapshot.repo_id))
+    return record
 
 
 def _digest(payload: Any) -> str:
@@ -383,17 +470,24 @@ def spec_fingerprint(spec: str | Path) -> str:
     every JSON file in the component subfolders (configs, scheduler, tokenizer, feature extractor), not the
     weight files.
 
+    Hub ids: the same config hashes plus the repository and the commit the id resolved to (so a new commit of
+    a branch is a new fingerprint even when its configs are unchanged).
+
     Raises:
-        UsageError: unknown spec, or a folder without model_index.json.
+        UsageError: unknown spec, a folder without model_index.json, an unknown or uncached hub id.
     """
     if isinstance(spec, str) and spec.startswith(RANDOM_PREFIX):
         r = random_spec(spec)
         versions = {lib: _version(lib) for lib in ("torch", "transformers", "diffusers")}
         payload = {"spec": r.spec, "seed": r.seed, "builder": BUILDER_VERSION, "components": r.components}
         return _digest({**payload, "versions": versions})
-    path = snapshot_folder(spec)
+    path = local_folder(spec)
     files = [path / "model_index.json", *sorted(path.glob("*/*.json"))]
-    return _digest({str(f.relative_to(path)): hashlib.sha256(f.read_bytes()).hexdigest() for f in files})
+    configs = {str(f.relative_to(path)): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+    if hub.looks_like_hub_id(spec):
+        repo_id, _ = hub.parse_hub_id(str(spec))
+        return _digest({"repo_id": repo_id, "commit": path.name, "configs": configs})
+    return _digest(configs)
 
 
 def _version(lib: str) -> str:

@@ -15,6 +15,8 @@ smaller than this one. The UNet is instantiated on torch's ``meta`` device: stru
 
 from __future__ import annotations
 
+import functools
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,3 +95,135 @@ def flops_table(spec: str, seconds: list[float], sparse_ratio: float, levels: tu
     layers = attention_layers(facts, levels)
     return [step_flops(layers, facts.geometry, s, sparse_ratio) for s in seconds]
 
+
+
+# --- Per-stage FLOPs of the decode stages (convolutions, linears, attention), counted on the meta device ---
+DECODE_FORMULA = ("2 * output elements * (input channels / groups) * kernel size per convolution (transposed: per "
+                  "input element and output channel), 2 * output elements * input width per linear, 4*B*H*N*K*D per "
+                  "attention; norms, activations and elementwise ops are not counted. VAE decoder batch 1, vocoder "
+                  "batch 1 (the decoded waveform of one request).")
+
+
+class FlopCounter:
+    """``with FlopCounter() as c: module(...)``: FLOPs of the convolutions, linears and attention it calls.
+
+    Counted from the shapes of each call (a ``TorchFunctionMode``), so it runs on the meta device: no weights,
+    no time. ``c.by_kind``: ``{"conv": ..., "linear": ..., "attention": ...}``.
+    """
+
+    def __init__(self) -> None:
+        self.by_kind: dict[str, int] = defaultdict(int)
+
+    def __enter__(self) -> FlopCounter:
+        import torch
+        import torch.nn.functional as F
+        from torch.overrides import TorchFunctionMode
+
+        counter = self
+
+        def prod(values: Any) -> int:
+            out = 1
+            for v in values:
+                out *= int(v)
+            return out
+
+        def count(func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+            if func in (F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d):
+                weight = args[1] if len(args) > 1 else kwargs["weight"]
+                counter.by_kind["conv"] += 2 * out.numel() * prod(weight.shape[1:])
+            elif func in (F.conv_transpose1d, F.conv_transpose2d, torch.conv_transpose1d, torch.conv_transpose2d):
+                x, weight = args[0], args[1] if len(args) > 1 else kwargs["weight"]
+                counter.by_kind["conv"] += 2 * x.numel() * prod(weight.shape[1:])
+            elif func in (F.linear, torch._C._nn.linear):
+                weight = args[1] if len(args) > 1 else kwargs["weight"]
+                counter.by_kind["linear"] += 2 * out.numel() * int(weight.shape[-1])
+            elif func is F.scaled_dot_product_attention:
+                q, k = args[0], args[1]
+                counter.by_kind["attention"] += 4 * prod(q.shape[:-1]) * int(k.shape[-2]) * int(q.shape[-1])
+            elif func in (torch.baddbmm, torch.bmm, torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__):
+                a, b = (args[1], args[2]) if func is torch.baddbmm else (args[0], args[1])
+                if a.dim() >= 2 and b.dim() >= 2:
+                    counter.by_kind["attention" if a.dim() >= 3 else "linear"] += 2 * out.numel() * int(a.shape[-1])
+
+        class Mode(TorchFunctionMode):
+            def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+                kwargs = kwargs or {}
+                out = func(*args, **kwargs)
+                if isinstance(out, torch.Tensor):
+                    count(func, args, kwargs, out)
+                return out
+
+        self._mode = Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._mode.__exit__(*exc)
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_kind.values())
+
+
+def _random_config(spec: str, name: str) -> dict[str, Any]:
+    from ..models.specs import RANDOM_PREFIX, random_spec, snapshot_folder
+
+    if str(spec).startswith(RANDOM_PREFIX):
+        return dict(random_spec(str(spec)).config(name)["config"])
+    import json
+
+    return json.loads((snapshot_folder(spec) / name / "config.json").read_text())
+
+
+@functools.lru_cache(maxsize=32)
+def decode_flops(spec: str, seconds: float) -> dict[str, dict[str, float]]:
+    """GFLOP of the VAE decoder and the vocoder for ``seconds`` of audio (batch 1), by kind and in total.
+
+    Both are built on the meta device from the model's configs and run once under :class:`FlopCounter`.
+    """
+    import torch
+    from diffusers import AutoencoderKL
+    from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
+
+    geometry = model_facts(spec).geometry
+    vae_config = {k: v for k, v in _random_config(spec, "vae").items() if not k.startswith("_")}
+    voc_config = {k: v for k, v in _random_config(spec, "vocoder").items() if not k.startswith("_")}
+    frames = geometry.latent_frames(seconds)
+    out: dict[str, dict[str, float]] = {}
+    with torch.device("meta"), torch.no_grad():
+        vae = AutoencoderKL(**vae_config)
+        vocoder = SpeechT5HifiGan(SpeechT5HifiGanConfig(**voc_config))
+        latents = torch.empty(1, vae.config.latent_channels, frames, geometry.latent_freq_bins)
+        with FlopCounter() as vae_count:
+            mel = vae.decode(latents).sample
+        with FlopCounter() as voc_count:
+            vocoder(mel.squeeze(1))
+    for name, counter in (("vae_decoder", vae_count), ("vocoder", voc_count)):
+        out[name] = {**{f"{k}_gflop": v / 1e9 for k, v in sorted(counter.by_kind.items())},
+                     "total_gflop": counter.total / 1e9}
+    return out
+
+
+@functools.lru_cache(maxsize=32)
+def unet_step_flops(spec: str, seconds: float, sparse_ratio: float, levels: tuple[int, ...]) -> dict[str, float]:
+    """GFLOP of one UNet evaluation (batch 2) by kind, counted on the meta device with the stock attention, and
+    the LiteFocus total: the stock total less the self-attention the patched levels skip (``step_flops``).
+    The cross-attention context is the example feeds' (``contract.example_unet_feeds``)."""
+    import diffusers
+    import torch
+
+    from ..contract import example_unet_feeds, unet_call_arguments, unet_inputs
+
+    facts = model_facts(spec)
+    frames = facts.geometry.latent_frames(seconds)
+    feeds = example_unet_feeds(unet_inputs(facts.kind, facts.unet_config, facts.geometry.latent_freq_bins), frames, 0)
+    with torch.device("meta"), torch.no_grad():
+        unet = getattr(diffusers, facts.unet_class)(**facts.unet_config)
+        sample, timestep, kwargs = unet_call_arguments({k: torch.from_numpy(v).to("meta") for k, v in feeds.items()})
+        with FlopCounter() as count:
+            unet(sample, timestep, **kwargs, return_dict=False)
+    analytic = step_flops(attention_layers(facts, levels), facts.geometry, seconds, sparse_ratio)
+    saved = analytic["full_gflop"] - analytic["litefocus_gflop"]
+    total = count.total / 1e9
+    return {**{f"{k}_gflop": v / 1e9 for k, v in sorted(count.by_kind.items())},
+            "full_total_gflop": total, "litefocus_total_gflop": total - saved}

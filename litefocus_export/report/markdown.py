@@ -80,7 +80,34 @@ def stages_section(data: dict[str, Any]) -> list[str]:
             for r in data["rows"]]
     notes = data["notes"]
     return ["## Per-stage breakdown (medians)", "", *table(header, rows), "",
-            f"{notes['torch_stages']}. {notes['engine_stages']}.", ""]
+            f"{notes['torch_stages']}. {notes['engine_stages']}.", "", *stage_memory_section(data),
+            *decode_flops_section(data)]
+
+
+def stage_memory_section(data: dict[str, Any]) -> list[str]:
+    """Peak resident memory per stage (``stages=all``), and resident memory between requests."""
+    rows = [r for r in data["rows"] if r.get("stage_peak_mb")]
+    if not rows:
+        return []
+    keys = ("conditioning_peak_mb", "unet_steps_peak_mb", "vae_decode_peak_mb", "vocoder_peak_mb")
+    header = ["audio (s)", "backend", "attention", "conditioning peak (MB)", "UNet steps peak (MB)",
+              "VAE decode peak (MB)", "vocoder peak (MB)", "run peak (MB)", "RSS between requests (MB)"]
+    body = [_key(r) + [fmt_mb(r["stage_peak_mb"].get(k)) for k in keys]
+            + [fmt_mb(r["peak_rss_mb"]), fmt_mb(r.get("between_requests_rss_mb"))] for r in rows]
+    return ["## Peak memory per stage (medians)", "", *table(header, body), "", data["notes"]["stage_peak"] + ".", ""]
+
+
+def decode_flops_section(data: dict[str, Any]) -> list[str]:
+    """GFLOP of the VAE decoder and vocoder (``stages=all``) and the measured time per TFLOP."""
+    entry = data.get("decode_flops") or {}
+    if not entry.get("per_duration"):
+        return []
+    header = ["audio (s)", "stage", "conv GFLOP", "attention GFLOP", "total GFLOP"]
+    body = [[f"{f['seconds']:g}", name, f"{f[name].get('conv_gflop', 0):.4g}",
+             f"{f[name].get('attention_gflop', 0):.4g}", f"{f[name]['total_gflop']:.4g}"]
+            for f in entry["per_duration"] for name in ("vae_decoder", "vocoder")]
+    return ["## Decode FLOPs (counted on the meta device)", "", *table(header, body), "",
+            f"Counted: {entry['formula']}", ""]
 
 
 def flops_section(data: dict[str, Any]) -> list[str]:
@@ -113,6 +140,34 @@ def accuracy_section(data: dict[str, Any]) -> list[str]:
     return ["## Accuracy", "", *table(header, rows), "", f"Compared: {what}. {data['notes']['accuracy']}.", ""]
 
 
+def fmt_score(value: float | None) -> str:
+    return NA if value is None else f"{value:.4f}"
+
+
+def fmt_db(value: float | None) -> str:
+    return NA if value is None else f"{value:.3f}"
+
+
+def quality_section(data: dict[str, Any]) -> list[str]:
+    """``--quality``: CLAP score and log-mel distance to full attention per waveform (``quality.py``)."""
+    q = data.get("quality")
+    if not q:
+        return []
+    header = ["audio (s)", "backend", "attention", "CLAP score", "log-mel distance to full (dB)"]
+    rows = [_key(r) + [_pair(r.get("quality"), "clap_score", fmt_score),
+                       _pair(r.get("quality"), "mel_distance_db", fmt_db)] for r in data["rows"]]
+    notes = [f"{q['note']}."]
+    if q["random_weights"]:
+        notes.insert(0, f"**Random weights**: {q['random_note']}.")
+    if q["clap_unavailable"]:
+        notes.append(f"No CLAP score: {q['clap_unavailable']}.")
+    elif q["clap_error"]:
+        notes.append(f"CLAP scoring failed: {q['clap_error']}.")
+    elif not q["scored"]:
+        notes.append("CLAP scores are computed after the last configuration.")
+    return ["## Quality", "", *table(header, rows), "", *notes, ""]
+
+
 def skipped_section(data: dict[str, Any]) -> list[str]:
     lines = ["## Skipped and failed", ""]
     lines += [f"- skipped: {s['backend']} ({s['attention']} attention): {s['reason']}" for s in data["skipped"]]
@@ -136,6 +191,6 @@ def plots_section(data: dict[str, Any]) -> list[str]:
 
 
 def render_markdown(data: dict[str, Any]) -> str:
-    sections = (header_section, latency_section, stages_section, flops_section, accuracy_section, skipped_section,
-                machine_section, plots_section)
+    sections = (header_section, latency_section, stages_section, flops_section, accuracy_section, quality_section,
+                skipped_section, machine_section, plots_section)
     return "\n".join(line for section in sections for line in section(data))

@@ -46,6 +46,11 @@ def run_report(settings: ReportSettings) -> dict[str, Any]:
         state.planned = len(configs)
         write_outputs(state, work)
         measure_all(state, configs, work)
+        if settings.quality:
+            from .quality import score_all
+
+            log.info("scoring %d waveforms with the pipeline's CLAP model ...", len(state.rows))
+            state.clap = score_all(state, work)
         return write_outputs(state, work)
     except KeyboardInterrupt:
         state.interrupted = True
@@ -119,7 +124,7 @@ def job_for(state: ReportState, seconds: float, backend: str, attention: str, wo
             "attention": attention, "seconds": seconds, "stages": s.stages, "steps": s.steps, "repeats": s.repeats,
             "warmup": s.warmup, "seed": s.seed, "prompt": s.prompt, "threads": s.threads,
             "sparse_ratio": s.sparse_ratio, "levels": list(s.levels),
-            "output": str(output_path(work, seconds, backend, attention)) if s.accuracy else None}
+            "output": str(output_path(work, seconds, backend, attention)) if s.accuracy or s.quality else None}
 
 
 def measure_one(state: ReportState, seconds: float, backend: str, attention: str, work: Path) -> dict[str, Any]:

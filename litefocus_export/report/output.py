@@ -21,6 +21,7 @@ from .settings import output_path, settings_dict
 
 SCHEMA_VERSION = 1
 STAGE_KEYS = ("conditioning_s", "unet_steps_s", "vae_decode_s", "vocoder_s")
+STAGE_PEAK_KEYS = ("conditioning_peak_mb", "unet_steps_peak_mb", "vae_decode_peak_mb", "vocoder_peak_mb")
 NOTES = {
     "peak_rss": "peak resident set size (VmHWM) of the child process that measured the configuration: each "
                 "configuration runs in its own process, so model or engine loading is included",
@@ -29,6 +30,10 @@ NOTES = {
                     "included); VAE decode and vocoder are the time inside vae.decode and vocoder.forward",
     "engine_stages": "engines: the runtime Sampler's timings (conditioning, UNet steps, decode); decode is split "
                      "into VAE decode (the vae_decoder stage) and vocoder (the rest of decode)",
+    "stage_peak": "stages=all: peak resident memory of the process while each stage ran (VmHWM reset when the "
+                  "stage starts and read when it ends; weights of every loaded stage included; conditioning also "
+                  "covers what runs outside the timed stages); between requests: resident memory (VmRSS) after "
+                  "a generation returned",
     "unet_step": "stages=unet: one UNet evaluation at batch 2 (classifier-free guidance) with fixed seeded inputs; "
                  "stages=all: the UNet steps of a generation divided by the number of steps",
     "accuracy": "max_abs = max |x - ref|, max_rel = max |x - ref| / max |ref|, on the first output of each "
@@ -67,6 +72,9 @@ def base_row(raw_row: dict[str, Any], flops: dict[str, Any]) -> dict[str, Any]:
     row["end_to_end_s"] = median(raw.get("end_to_end_s"))
     row["stages"] = {k: median(raw.get(k)) for k in STAGE_KEYS} if "end_to_end_s" in raw else None
     row["peak_rss_mb"] = raw.get("peak_rss_mb")
+    row["stage_peak_mb"] = ({k: median(raw.get(k)) for k in STAGE_PEAK_KEYS}
+                            if any(raw.get(k) for k in STAGE_PEAK_KEYS) else None)
+    row["between_requests_rss_mb"] = median(raw.get("between_requests_rss_mb"))
     row["repeats"] = {k: v for k, v in raw.items() if isinstance(v, list)}
     return row
 
@@ -114,6 +122,10 @@ def report_data(state: Any, work: Path) -> dict[str, Any]:
     flops_by_seconds = {f["seconds"]: f for f in state.flops}
     rows = [base_row(r, flops_by_seconds[r["seconds"]]) for r in state.rows]
     add_comparisons(rows, work, state.settings.accuracy)
+    if getattr(state.settings, "quality", False):
+        from .quality import add_quality, sample_rate_of
+
+        add_quality(rows, work, state.clap, sample_rate_of(state.settings.model))
     flops = [dict(f) for f in state.flops]
     add_measured_speedups(flops, rows, state.settings.backends)
     return {
@@ -130,10 +142,34 @@ def report_data(state: Any, work: Path) -> dict[str, Any]:
         "failed": [{k: r[k] for k in ("seconds", "backend", "attention", "error")} for r in rows
                    if r["status"] != "ok"],
         "flops": {"formula": FORMULA, "context_tokens": CONTEXT_TOKENS, "per_duration": flops},
+        **_decode_flops_entry(state),
         "rows": rows,
         "plots": [],
         "notes": NOTES,
+        **_quality_entry(state),
     }
+
+
+def _decode_flops_entry(state: Any) -> dict[str, Any]:
+    """``{"decode_flops": ...}`` with ``--stages all``: GFLOP of the VAE decoder and vocoder per duration."""
+    if state.settings.stages != "all":
+        return {}
+    from .flops import DECODE_FORMULA, decode_flops
+
+    try:
+        per = [{"seconds": s, **decode_flops(state.settings.model, s)} for s in state.settings.seconds]
+    except Exception as exc:  # noqa: BLE001 - a model whose decode stages cannot be built on meta: no column
+        return {"decode_flops": {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}}
+    return {"decode_flops": {"formula": DECODE_FORMULA, "per_duration": per}}
+
+
+def _quality_entry(state: Any) -> dict[str, Any]:
+    """``{"quality": ...}`` with ``--quality`` (``quality.quality_summary``), else nothing."""
+    if not getattr(state.settings, "quality", False):
+        return {}
+    from .quality import quality_summary
+
+    return {"quality": quality_summary(state)}
 
 
 def write_text(path: Path, text: str) -> None:

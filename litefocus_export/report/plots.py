@@ -8,6 +8,7 @@ from typing import Any
 
 LATENCY_PNG = "latency.png"
 SPEEDUP_PNG = "speedup.png"
+QUALITY_PNG = "quality.png"
 
 
 def _series(rows: list[dict[str, Any]], key: Any) -> dict[str, tuple[list[float], list[float]]]:
@@ -89,6 +90,24 @@ def speedup_plot(data: dict[str, Any], path: Path) -> None:
     _save(fig, path)
 
 
+def quality_plot(data: dict[str, Any], path: Path) -> None:
+    """``--quality``: CLAP score per configuration and log-mel distance of LiteFocus to full, vs duration."""
+    import matplotlib.pyplot as plt
+
+    rows, seconds = data["rows"], data["settings"]["seconds"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    score = _series(rows, lambda r: (f"{r['backend']} {r['attention']}", (r.get("quality") or {}).get("clap_score")))
+    distance = _series(rows, lambda r: (f"LiteFocus vs full, {r['backend']}",
+                                        (r.get("quality") or {}).get("mel_distance_db")))
+    _plot(axes[0], score)
+    _axes(axes[0], seconds, "CLAP score (cosine)", "CLAP audio-text score vs duration", log_y=False)
+    _plot(axes[1], distance)
+    _axes(axes[1], seconds, "log-mel distance (dB)", "LiteFocus vs full attention", log_y=False)
+    title = f"{data['settings']['model']}: quality"
+    fig.suptitle(title + (" (random weights: values mean nothing)" if data["quality"]["random_weights"] else ""))
+    _save(fig, path)
+
+
 def write_plots(data: dict[str, Any], out: Path) -> list[str]:
     """Write the PNGs into ``out`` once some configuration has been measured; returns their file names."""
     if not any(r["status"] == "ok" for r in data["rows"]):
@@ -98,4 +117,7 @@ def write_plots(data: dict[str, Any], out: Path) -> list[str]:
     matplotlib.use("Agg")
     latency_plot(data, out / LATENCY_PNG)
     speedup_plot(data, out / SPEEDUP_PNG)
-    return [LATENCY_PNG, SPEEDUP_PNG]
+    if not data.get("quality"):
+        return [LATENCY_PNG, SPEEDUP_PNG]
+    quality_plot(data, out / QUALITY_PNG)
+    return [LATENCY_PNG, SPEEDUP_PNG, QUALITY_PNG]

@@ -35,6 +35,8 @@ class ReportSettings:
         repeats: timed repeats per configuration (medians are reported); ``warmup`` untimed runs before.
         stages: ``"unet"`` (one UNet evaluation at batch 2) or ``"all"`` (whole generations).
         accuracy: also compare outputs (engine vs PyTorch, LiteFocus vs full) with the same seed.
+        quality: also score each waveform (``stages="all"`` only): CLAP audio-text score with the pipeline's own
+            CLAP model, and the log-mel distance of LiteFocus to full attention (``quality.py``).
         threads: intra-op threads for torch and ONNX Runtime (0: the libraries' default).
         engines_dir: where engine folders are built (default ``$LITEFOCUS_CACHE/report-engines``).
     """
@@ -49,6 +51,7 @@ class ReportSettings:
     warmup: int = 1
     stages: Literal["unet", "all"] = "all"
     accuracy: bool = False
+    quality: bool = False
     seed: int = 0
     prompt: str = DEFAULT_PROMPT
     threads: int = 0
@@ -66,6 +69,8 @@ class ReportSettings:
         _check_choices("attention", self.attention, ATTENTIONS)
         if self.stages not in ("unet", "all"):
             raise UsageError(f"stages must be unet or all, got {self.stages!r}")
+        if self.quality and self.stages != "all":
+            raise UsageError("quality scores whole generations' waveforms: it needs stages all (--stages all)")
         for name, minimum in (("steps", 1), ("repeats", 1), ("warmup", 0), ("threads", 0), ("seed", 0)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
@@ -100,6 +105,7 @@ class ReportState:
     skipped: list[dict[str, str]] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
     planned: int = 0
+    clap: dict[str, Any] | None = None  # CLAP scores (report --quality), once measured
     interrupted: bool = False
     started: float = field(default_factory=time.time)
 

@@ -10,9 +10,11 @@ runtime). Engines: ``runtime.Sampler`` over an ``EngineFolder`` that times each 
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,8 +22,72 @@ import numpy as np
 from ..runtime import EngineFolder
 
 
+def _read_peak_mb() -> float | None:
+    try:
+        match = re.search(r"^VmHWM:\s*(\d+)\s*kB", Path("/proc/self/status").read_text(), re.MULTILINE)
+    except OSError:
+        return None
+    return int(match.group(1)) / 1024 if match else None
+
+
+def current_rss_mb() -> float | None:
+    """Resident memory now (``VmRSS``), in MiB: what a long-running process holds between requests."""
+    try:
+        match = re.search(r"^VmRSS:\s*(\d+)\s*kB", Path("/proc/self/status").read_text(), re.MULTILINE)
+    except OSError:
+        return None
+    return int(match.group(1)) / 1024 if match else None
+
+
+class StagePeaks:
+    """Peak resident memory per stage: Linux's peak (``VmHWM``) is reset (``clear_refs`` 5) when a stage starts
+    and when it ends, and read at both points, so each stage's peak is the process's largest resident size
+    while it ran (weights of every open stage included). What runs outside the timed stages (text encoders of
+    the PyTorch pipeline, scheduler steps, post-processing) is folded into ``OUTSIDE``. ``overall_mb`` keeps
+    the largest of all readings (what ``VmHWM`` would say without the resets). Without ``/proc`` nothing is
+    recorded.
+    """
+
+    OUTSIDE = "conditioning"
+
+    def __init__(self) -> None:
+        self.peaks_mb: dict[str, float] = defaultdict(float)
+        self.overall_mb = 0.0
+
+    def _take(self, label: str) -> None:
+        peak = _read_peak_mb()
+        if peak is None:
+            return
+        self.overall_mb = max(self.overall_mb, peak)
+        self.peaks_mb[label] = max(self.peaks_mb[label], peak)
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+
+    def begin(self) -> None:
+        """Start a generation: forget earlier stage peaks, start the outside span afresh."""
+        self._take(self.OUTSIDE)
+        self.peaks_mb.clear()
+
+    def end(self) -> dict[str, float]:
+        self._take(self.OUTSIDE)
+        return dict(self.peaks_mb)
+
+    @contextlib.contextmanager
+    def stage(self, label: str) -> Iterator[None]:
+        self._take(self.OUTSIDE)
+        try:
+            yield
+        finally:
+            self._take(label)
+
+
+PEAKS = StagePeaks()  # the measuring process's: report.measure folds ``overall_mb`` into its peak RSS
+
+
 class TimedEngineFolder(EngineFolder):
-    """An engine folder that adds up the seconds spent in each stage it runs."""
+    """An engine folder that adds up the seconds spent in each stage it runs, and each stage's peak memory."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -30,9 +96,14 @@ class TimedEngineFolder(EngineFolder):
     def run(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         start = time.perf_counter()
         try:
-            return super().run(name, feeds)
+            with PEAKS.stage(ENGINE_STAGE_LABELS.get(name, "conditioning")):
+                return super().run(name, feeds)
         finally:
             self.stage_seconds[name] += time.perf_counter() - start
+
+
+# report stage (the ``<label>_peak_mb`` keys) of each engine stage; the text stages are "conditioning"
+ENGINE_STAGE_LABELS = {"unet": "unet_steps", "vae_decoder": "vae_decode", "vocoder": "vocoder"}
 
 
 @contextlib.contextmanager
@@ -44,7 +115,8 @@ def timed_calls(targets: dict[str, tuple[Any, str]]) -> Iterator[dict[str, list[
         def timed(*args: Any, **kwargs: Any) -> Any:
             start = time.perf_counter()
             try:
-                return method(*args, **kwargs)
+                with PEAKS.stage(TORCH_STAGE_LABELS.get(label, label)):
+                    return method(*args, **kwargs)
             finally:
                 spans[label].append((start, time.perf_counter()))
         return timed
@@ -60,6 +132,9 @@ def timed_calls(targets: dict[str, tuple[Any, str]]) -> Iterator[dict[str, list[
                 delattr(obj, name)  # our instance attribute shadowed the class method: drop it
             else:
                 setattr(obj, name, saved[label])
+
+
+TORCH_STAGE_LABELS = {"unet": "unet_steps", "vae": "vae_decode", "vocoder": "vocoder"}
 
 
 def _request(job: dict[str, Any], steps: int) -> Any:
@@ -129,7 +204,13 @@ def time_generations(job: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray]:
     times: dict[str, list[float]] = defaultdict(list)
     first = None
     for _ in range(job["repeats"]):
+        PEAKS.begin()
         waveform, stages = generate(job["steps"])
+        peaks = PEAKS.end()
+        for label in ("conditioning", "unet_steps", "vae_decode", "vocoder"):
+            if label in peaks:
+                times[f"{label}_peak_mb"].append(peaks[label])
+        times["between_requests_rss_mb"].append(current_rss_mb())
         first = waveform if first is None else first
         for key, value in stages.items():
             times[key].append(value)

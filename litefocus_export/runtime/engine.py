@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,9 +88,34 @@ class EngineFolder:
         """Run stage ``name`` on ``feeds`` (extra arrays are ignored)."""
         return self.runner(name)(feeds)
 
-    def unet_step(self, feeds: dict[str, np.ndarray], samples_rng: np.random.Generator) -> np.ndarray:
-        """One UNet evaluation: fresh LiteFocus samples for every patched layer, drawn from ``samples_rng`` in
-        execution order as the PyTorch path draws them (DESIGN.md §1), then ``noise_pred``."""
+    def unet_step(self, feeds: dict[str, np.ndarray],
+                  samples_rngs: np.random.Generator | Sequence[np.random.Generator],
+                  rows: Sequence[int] | None = None) -> np.ndarray:
+        """One UNet evaluation for a batch of requests: fresh LiteFocus samples, then ``noise_pred``.
+
+        Each request draws every patched layer's sample from its own generator in execution order, as the
+        PyTorch path draws them (DESIGN.md §1), and its batch rows get that draw (``contract.draw_unet_samples``),
+        so a request's output does not depend on what it is batched with.
+
+        Args:
+            feeds: the UNet's inputs but the index inputs, batch first.
+            samples_rngs: each request's samples generator; one generator: a single request owning every row
+                (its classifier-free-guidance rows share one draw, diffusers semantics).
+            rows: the request of each batch row, e.g. ``[0, ..., n-1] * 2`` for ``n`` guided requests (batch
+                ``[uncond rows..., cond rows...]``). Default: every row of a single request; for ``n``
+                generators, one row each (batch ``n``) or the guided layout (batch ``2n``).
+        """
+        single = isinstance(samples_rngs, np.random.Generator)
+        rngs = [samples_rngs] if single else list(samples_rngs)
+        batch = len(feeds["sample"])
+        if rows is None and single:
+            rows = [0] * batch
+        elif rows is None:
+            if not rngs or batch % len(rngs) or batch // len(rngs) not in (1, 2):
+                raise EngineError(f"unet_step: a batch of {batch} rows for {len(rngs)} requests needs explicit rows")
+            rows = list(range(len(rngs))) * (batch // len(rngs))
+        if len(rows) != batch:
+            raise EngineError(f"unet_step: {len(rows)} rows given for a batch of {batch}")
         layers = self.stage(UNET).get("litefocus_layers", [])
-        samples = draw_unet_samples(samples_rng, layers, feeds["sample"].shape[2], self.sparse_ratio)
+        samples = draw_unet_samples(rngs, layers, feeds["sample"].shape[2], self.sparse_ratio, rows)
         return self.run(UNET, {**feeds, **samples})[UNET_OUTPUT]

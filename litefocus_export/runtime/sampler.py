@@ -2,19 +2,23 @@
 
 Steps, as in the diffusers pipelines: 1. text conditioning, 2. initial noise, 3. denoising loop with
 classifier-free guidance (one batched UNet call per step, [uncond, cond]) and fresh LiteFocus samples
-for every patched layer at every UNet evaluation, 4. VAE decode and vocoder, 5. trim.
+for every patched layer at every UNet evaluation, 4. VAE decode and vocoder, 5. trim. Several requests
+that share latent length, steps, scheduler and guidance mode run as one batch (``generate_batch``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..errors import UsageError
+from ..request import GenerationRequest
 from ..sampling import initial_noise, seeded_streams
 from .conditioning import DEFAULT_GUIDANCE, TextConditioner
 from .decode import AudioDecoder, trim_waveform
@@ -39,7 +43,7 @@ class Sampler:
     def __init__(self, engines: EngineFolder | str | Path, progress: bool = True):
         self.engines = engines if isinstance(engines, EngineFolder) else EngineFolder(engines)
         self.conditioner = TextConditioner.from_engines(self.engines)
-        self.decoder = AudioDecoder(self.engines.run)
+        self.decoder = AudioDecoder.for_engines(self.engines)
         self.progress = progress
         self.timings = Timings()
 
@@ -66,49 +70,101 @@ class Sampler:
                               f"so --scheduler {name} would not match PyTorch; rebuild it")
         return scheduler_from_config(config, kind=name)
 
-    def __call__(self, request: Any, latents: np.ndarray | None = None) -> np.ndarray:
-        """Generate ``request`` (a ``GenerationRequest``); returns the trimmed float32 waveform."""
-        engines = self.engines
-        engines.check_covers(request.seconds)
-        # the scheduler's own step limit is checked before any stage runs
-        scheduler = self.scheduler(request.scheduler)
-        scheduler.set_timesteps(request.steps)
-        geometry = engines.geometry
-        frames = geometry.latent_frames(request.seconds)
-        noise_rng, samples_rng = seeded_streams(request.seed)
-        guidance = DEFAULT_GUIDANCE[engines.kind] if request.guidance is None else request.guidance
+    def __call__(self, request: GenerationRequest, latents: np.ndarray | None = None) -> np.ndarray:
+        """Generate ``request``; returns the trimmed float32 waveform (``latents``: start from these, not noise)."""
+        return self.generate_batch([request], latents)[0]
+
+    def batch_key(self, request: GenerationRequest) -> tuple[Any, ...]:
+        """Requests with equal keys run as one batch: latent length, steps, scheduler, guidance on or off."""
+        frames = self.engines.geometry.latent_frames(request.seconds)
+        return frames, request.steps, request.scheduler, self.guidance(request) > 1.0
+
+    def guidance(self, request: GenerationRequest) -> float:
+        """The request's guidance scale, or the pipeline's default."""
+        return DEFAULT_GUIDANCE[self.engines.kind] if request.guidance is None else request.guidance
+
+    def generate_batch(self, requests: Sequence[GenerationRequest],
+                       latents: np.ndarray | None = None) -> list[np.ndarray]:
+        """Generate several requests with one UNet call per step; returns their trimmed waveforms, in order.
+
+        Each request keeps its own prompt, negative prompt, guidance scale and seed (its own noise and its own
+        LiteFocus samples, DESIGN.md §1), so its waveform is the same alone or batched with any others. The
+        requests must share ``batch_key`` (latent length, steps, scheduler, guidance mode). Text conditioning
+        runs per request (exactly as alone: the AudioLDM2 language model re-reads a sequence whose positions
+        depend on its own padding); the UNet, the VAE decoder and the vocoder run batched.
+
+        Raises:
+            UsageError: requests that cannot share a batch, or more steps than the scheduler supports.
+            EngineError: a duration outside the folder's profiles (all checked before any stage runs).
+        """
+        engines, geometry = self.engines, self.engines.geometry
+        if not requests:
+            return []
+        if len({self.batch_key(r) for r in requests}) != 1:
+            raise UsageError("requests of one batch need the same latent length, steps, scheduler and guidance mode")
+        for request in requests:
+            engines.check_covers(request.seconds)
+        scheduler = self.scheduler(requests[0].scheduler)
+        scheduler.set_timesteps(requests[0].steps)  # the scheduler's own step limit, before any stage runs
+        frames = geometry.latent_frames(requests[0].seconds)
+        streams = [seeded_streams(r.seed) for r in requests]
+        guidance = [self.guidance(r) for r in requests]
         timings = self.timings = Timings()
         start = time.perf_counter()
 
-        cond = self.conditioner.encode(request.prompt, request.negative_prompt, guidance)
+        cond = batch_conditioning([self.conditioner.encode(r.prompt, r.negative_prompt, g)
+                                   for r, g in zip(requests, guidance)], guided=guidance[0] > 1.0)
         timings.conditioning = time.perf_counter() - start
         shape = (1, engines.latent_channels, frames, geometry.latent_freq_bins)
-        latents = initial_noise(noise_rng, shape) if latents is None else latents.astype(np.float32)
-        latents = self.denoise(latents, cond, guidance, scheduler, samples_rng)
+        if latents is None:
+            latents = np.concatenate([initial_noise(noise_rng, shape) for noise_rng, _ in streams])
+        latents = self.denoise(latents.astype(np.float32), cond, guidance, scheduler, [s for _, s in streams])
 
         t0 = time.perf_counter()
-        waveform = self.decoder.decode(latents)[0]
+        waveforms = self.decoder.decode(latents)
         timings.decode = time.perf_counter() - t0
         timings.total = time.perf_counter() - start
-        return trim_waveform(waveform, geometry.num_samples(request.seconds)).astype(np.float32)
+        return [trim_waveform(w, geometry.num_samples(r.seconds)).astype(np.float32)
+                for w, r in zip(waveforms, requests)]
 
-    def denoise(self, latents: np.ndarray, cond: dict[str, np.ndarray], guidance: float, scheduler: Any,
-                samples_rng: np.random.Generator) -> np.ndarray:
-        """The denoising loop from ``latents`` with a scheduler whose timesteps are set."""
+    def denoise(self, latents: np.ndarray, cond: dict[str, np.ndarray], guidance: Sequence[float], scheduler: Any,
+                samples_rngs: Sequence[np.random.Generator]) -> np.ndarray:
+        """The denoising loop from ``latents`` (one row per request) with a scheduler whose timesteps are set.
+
+        With guidance the UNet batch is ``[uncond rows..., cond rows...]``; both rows of a request get its one
+        draw of LiteFocus samples (diffusers semantics), every request its own.
+        """
         latents = latents * np.float32(scheduler.init_noise_sigma)
-        guided = guidance > 1.0
+        guided = guidance[0] > 1.0
+        rows = list(range(len(latents))) * (2 if guided else 1)
+        scale = np.asarray(guidance, dtype=np.float32).reshape(-1, *([1] * (latents.ndim - 1)))
         for t in _progress(scheduler.timesteps, self.progress, "denoising"):
             t0 = time.perf_counter()
             model_input = np.concatenate([latents, latents]) if guided else latents
             model_input = scheduler.scale_model_input(model_input, t)
             feeds = {"sample": model_input, "timestep": np.full(len(model_input), t, dtype=np.float32), **cond}
-            noise_pred = self.engines.unet_step(feeds, samples_rng)
+            noise_pred = self.engines.unet_step(feeds, samples_rngs, rows)
             if guided:
                 uncond, text = np.split(noise_pred, 2)
-                noise_pred = uncond + np.float32(guidance) * (text - uncond)
+                noise_pred = uncond + scale * (text - uncond)
             latents = scheduler.step(noise_pred, t, latents).prev_sample
             self.timings.unet_steps.append(time.perf_counter() - t0)
         return latents
+
+
+def batch_conditioning(conds: Sequence[dict[str, np.ndarray]], *, guided: bool) -> dict[str, np.ndarray]:
+    """One UNet batch ``[uncond rows..., cond rows...]`` from each request's conditioning (``[neg, prompt]`` rows
+    when guided, else ``[prompt]``). Token axes of different lengths (AudioLDM2's T5 states and mask) are padded
+    with zeros: masked out, so a request's UNet output does not depend on the others'."""
+    merged = {}
+    for name in conds[0]:
+        arrays = [c[name] for c in conds]
+        if arrays[0].ndim >= 2:
+            length = max(a.shape[1] for a in arrays)
+            arrays = [np.pad(a, [(0, 0), (0, length - a.shape[1])] + [(0, 0)] * (a.ndim - 2)) for a in arrays]
+        parts = [a[:1] for a in arrays] + [a[1:] for a in arrays] if guided else arrays
+        merged[name] = np.concatenate(parts)
+    return merged
 
 
 def _progress(items: Any, enabled: bool, label: str) -> Any:

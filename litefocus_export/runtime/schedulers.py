@@ -28,6 +28,8 @@ Off = Literal[False]  # a diffusers option whose non-default value we do not imp
 USE_DEFAULT_VALUES = "_use_default_values"
 
 _F32 = np.float32
+# float32 1: with NumPy 1.x a Python 1 next to a float32 scalar makes float64 (value-based casting), not with 2.x
+_ONE = _F32(1.0)
 
 
 class SchedulerConfigError(UsageError, ValueError):
@@ -321,19 +323,19 @@ class DDIMScheduler(_Scheduler):
         # 2. abar_t and abar_{t-1} (the paper's alpha_t, alpha_{t-1})
         alpha_prod_t = self.alphas_cumprod[t]
         alpha_prod_t_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
-        beta_prod_t = 1 - alpha_prod_t
+        beta_prod_t = _ONE - alpha_prod_t
         # 3. "predicted x_0" and epsilon, from whichever one the model parameterises
         x0, pred_epsilon = self._x0_and_epsilon(model_output, sample, alpha_prod_t, beta_prod_t)
         # 4. optional clipping of x_0 to the data range
         if cfg.clip_sample:
             x0 = np.clip(x0, -cfg.clip_sample_range, cfg.clip_sample_range)
         # 5. sigma_t(eta), eq. 16: eta * sqrt((1 - abar_{t-1}) / (1 - abar_t)) * sqrt(1 - abar_t / abar_{t-1})
-        variance = ((1 - alpha_prod_t_prev) / beta_prod_t) * (1 - alpha_prod_t / alpha_prod_t_prev)
+        variance = ((_ONE - alpha_prod_t_prev) / beta_prod_t) * (_ONE - alpha_prod_t / alpha_prod_t_prev)
         std_dev_t = _F32(eta) * _sqrt(variance)
         if use_clipped_model_output:
             pred_epsilon = (sample - _sqrt(alpha_prod_t) * x0) / _sqrt(beta_prod_t)
         # 6. "direction pointing to x_t", eq. 12: sqrt(1 - abar_{t-1} - sigma_t^2) * epsilon
-        pred_sample_direction = _sqrt(1 - alpha_prod_t_prev - std_dev_t * std_dev_t) * pred_epsilon
+        pred_sample_direction = _sqrt(_ONE - alpha_prod_t_prev - std_dev_t * std_dev_t) * pred_epsilon
         # 7. x_{t-1} = sqrt(abar_{t-1}) * x_0 + direction + sigma_t * z, eq. 12
         prev_sample = _sqrt(alpha_prod_t_prev) * x0 + pred_sample_direction
         if eta > 0:
@@ -377,7 +379,7 @@ class DPMSolverMultistepScheduler(_Scheduler):
         super().__init__(config, **settings)
         if self.config.rescale_betas_zero_snr:
             self.alphas_cumprod[-1] = 2.0**-24  # as diffusers: keeps the first sigma finite
-        alpha_t, sigma_t = _sqrt(self.alphas_cumprod), _sqrt(1 - self.alphas_cumprod)
+        alpha_t, sigma_t = _sqrt(self.alphas_cumprod), _sqrt(_ONE - self.alphas_cumprod)
         # lambda_t = log(alpha_t / sigma_t), the half log-SNR the solver steps in
         self._lambda_t = _log(alpha_t) - _log(sigma_t)
         self.sigmas = np.zeros(0, dtype=_F32)
@@ -407,7 +409,7 @@ class DPMSolverMultistepScheduler(_Scheduler):
         """
         timesteps = self._checked_timesteps(num_inference_steps)
         cfg = self.config
-        sigmas = _sqrt((1 - self.alphas_cumprod) / self.alphas_cumprod)
+        sigmas = _sqrt((_ONE - self.alphas_cumprod) / self.alphas_cumprod)
         sigma_last = sigmas[0] if cfg.final_sigmas_type == "sigma_min" else _F32(0.0)
         self.sigmas = np.concatenate([sigmas[timesteps], [sigma_last]]).astype(_F32)
         self._timesteps = np.ascontiguousarray(timesteps)

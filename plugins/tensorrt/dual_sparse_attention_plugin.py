@@ -139,15 +139,17 @@ def check_attributes(freq_bins: Any, scale: Any, same_frequency: Any, cross_freq
         raise BuildError(f"{PLUGIN_ID}: same_frequency and cross_frequency are both off")
 
 
-def aot_launch(q_shape: Sequence[Any], num_samples: Any, freq_bins: int, block_t: int,
+def aot_launch(q_shape: Sequence[Any], index_shape: Sequence[Any], freq_bins: int, block_t: int,
                cdiv: Any, kernels: ModuleType) -> tuple[tuple[Any, Any, Any], list[Any]]:
-    """(grid, int32 kernel arguments) for contiguous ``(B, H, N, D)`` tensors.
+    """(grid, int32 kernel arguments) for contiguous ``(B, H, N, D)`` tensors and a contiguous sample index
+    of shape ``index_shape``: ``(M,)`` (one sample for the batch) or ``(B, M)`` (one per batch row).
 
     Pure: on ints (tests) or TensorRT shape expressions with ``trtp.cdiv`` (the AOT implementation).
     """
     shape = tuple(q_shape[i] for i in range(4))
     grid = kernels.launch_grid(shape, freq_bins, block_t, cdiv)
-    return grid, kernels.aot_scalar_args(shape, num_samples, freq_bins)
+    samples, index_row_stride = kernels.index_layout([index_shape[i] for i in range(len(index_shape))])
+    return grid, kernels.aot_scalar_args(shape, samples, freq_bins, index_row_stride)
 
 
 def cuda_array_interface(data_ptr: int, shape: Sequence[int], strides: Sequence[int],
@@ -217,7 +219,7 @@ def _define_plugin(trtp: ModuleType, kernels: ModuleType) -> None:
         check_attributes(freq_bins, scale, same_frequency, cross_frequency)
         key = (_TYPES[q.dtype.name][0], _head_dim(q), scale, bool(same_frequency), bool(cross_frequency))
         compiled = _compile(kernels, *key)
-        grid, args = aot_launch(q.shape_expr, sample_index.shape_expr[0], freq_bins,
+        grid, args = aot_launch(q.shape_expr, sample_index.shape_expr, freq_bins,
                                 compiled.config.block_t, trtp.cdiv, kernels)
         launch = trtp.KernelLaunchParams()
         launch.grid_x, launch.grid_y, launch.grid_z = grid

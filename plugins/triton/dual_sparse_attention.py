@@ -2,8 +2,9 @@
 
 One program owns ``BLOCK_T`` query frames of one frequency bin ``f`` of one (batch, head). It streams the
 ``T`` same-frequency keys of that bin (tokens ``t * F + f``), then the ``M`` sampled keys (rows gathered
-through ``sample_index``), through a single online softmax in the flash-attention manner: a running max,
-a running sum and an fp32 accumulator. Nothing of size ``N x (T + M)`` is materialised, q/k/v are read in
+through ``sample_index``: one ``(M,)`` sample for every batch row, or row ``b`` of a ``(B, M)`` one),
+through a single online softmax in the flash-attention manner: a running max, a running sum and an fp32
+accumulator. Nothing of size ``N x (T + M)`` is materialised, q/k/v are read in
 place through their strides, and the output is written straight to the query tokens.
 
 The kernel's arguments follow TensorRT's AOT plugin convention (input pointers, int32 scalars, output
@@ -63,7 +64,7 @@ def _online_softmax_step(q, k, v, key_mask, acc, m_i, l_i, qk_scale, PRECISION: 
 @triton.jit
 def dual_sparse_attention_kernel(
     q_ptr, k_ptr, v_ptr, index_ptr,
-    heads, frames, freq_bins, num_samples,
+    heads, frames, freq_bins, num_samples, index_row_stride,
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -102,11 +103,13 @@ def dual_sparse_attention_kernel(
             v = _load_rows(v_base, rows, key_mask, offs_d, d_mask, stride_vn, stride_vd, UPCAST)
             acc, m_i, l_i = _online_softmax_step(q, k, v, key_mask, acc, m_i, l_i, qk_scale, PRECISION)
     if CROSS_FREQUENCY:
-        # the sample is shared by every query; a key also seen above is counted again, as in the reference
+        # the batch row's sample (index_row_stride 0: one sample for every row), shared by every query of
+        # the row; a key also seen above is counted again, as in the reference
+        index_base = index_ptr + b * index_row_stride
         for start in range(0, num_samples, BLOCK_N):
             j = start + offs_n
             key_mask = j < num_samples
-            rows = tl.load(index_ptr + j, mask=key_mask, other=0)
+            rows = tl.load(index_base + j, mask=key_mask, other=0)
             k = _load_rows(k_base, rows, key_mask, offs_d, d_mask, stride_kn, stride_kd, UPCAST)
             v = _load_rows(v_base, rows, key_mask, offs_d, d_mask, stride_vn, stride_vd, UPCAST)
             acc, m_i, l_i = _online_softmax_step(q, k, v, key_mask, acc, m_i, l_i, qk_scale, PRECISION)
@@ -168,22 +171,36 @@ def launch_grid(q_shape: Sequence[Any], freq_bins: Any, block_t: int,
     return cdiv(tokens // freq_bins, block_t), freq_bins, batch * heads
 
 
-def aot_scalar_args(q_shape: Sequence[Any], num_samples: Any, freq_bins: Any) -> list[Any]:
+def aot_scalar_args(q_shape: Sequence[Any], num_samples: Any, freq_bins: Any, index_row_stride: Any = 0) -> list[Any]:
     """The kernel's runtime int arguments for contiguous ``(B, H, N, D)`` q, k, v and output.
 
-    The head-dim strides are 1 and compiled in, so they are left out. Works on ints and on TensorRT
+    ``index_row_stride``: 0 for one ``(M,)`` sample shared by the batch, ``M`` for a contiguous ``(B, M)``
+    one. The head-dim strides are 1 and compiled in, so they are left out. Works on ints and on TensorRT
     shape expressions (symbolic dims must come first in each product, as only they overload ``*``).
     """
     _, heads, tokens, dim = q_shape
     strides = [heads * tokens * dim, tokens * dim, dim]  # (b, h, n) for one contiguous tensor
-    return [heads, tokens // freq_bins, freq_bins, num_samples, *strides * 4]
+    return [heads, tokens // freq_bins, freq_bins, num_samples, index_row_stride, *strides * 4]
 
 
-def torch_scalar_args(tensors: Sequence[torch.Tensor], num_samples: int, freq_bins: int) -> list[int]:
+def torch_scalar_args(tensors: Sequence[torch.Tensor], num_samples: int, freq_bins: int,
+                      index_row_stride: int = 0) -> list[int]:
     """Runtime int arguments for q, k, v, out with any strides (a (B, N, H, D) buffer's views: no copy)."""
     _, heads, tokens, _ = tensors[0].shape
     strides = [s for t in tensors for s in t.stride()]
-    return [heads, tokens // freq_bins, freq_bins, num_samples, *strides]
+    return [heads, tokens // freq_bins, freq_bins, num_samples, index_row_stride, *strides]
+
+
+def index_layout(index_shape: Sequence[Any]) -> tuple[Any, Any]:
+    """``(M, index_row_stride)`` of a contiguous sample index: ``(M,)`` -> ``(M, 0)``, ``(B, M)`` -> ``(M, M)``.
+
+    Works on ints and on TensorRT shape expressions (``len`` and indexing only).
+    """
+    rank = len(index_shape)
+    if rank not in (1, 2):
+        raise UsageError(f"dual_sparse_attention_triton: sample_index must be (M,) or (B, M), rank {rank} given")
+    samples = index_shape[rank - 1]
+    return samples, (samples if rank == 2 else 0)
 
 
 def _interpreted() -> bool:
@@ -252,8 +269,8 @@ def dual_sparse_attention_triton(
 
     Args:
         q, k, v: ``(B, H, N, D)`` fp32/fp16/bf16, any strides, ``N = T * freq_bins``, ``D <= 128``.
-        sample_index: int64 ``(M,)`` token indices in ``[0, N)`` (not range-checked: that would
-            synchronise the device); M may be 0.
+        sample_index: int64 ``(M,)`` token indices in ``[0, N)`` shared by every batch row, or ``(B, M)``
+            (row ``b``'s own sample); not range-checked (that would synchronise the device); M may be 0.
         freq_bins, scale, same_frequency, cross_frequency: as in ``dual_sparse_attention``.
         out: optional ``(B, H, N, D)`` tensor of q's dtype to write into (any strides; must not
             overlap q, k, v).
@@ -277,14 +294,16 @@ def dual_sparse_attention_triton(
     out = torch.empty_like(q) if out is None else out
     if out.shape != q.shape or out.dtype != q.dtype:
         raise UsageError(f"dual_sparse_attention_triton: out must be {tuple(q.shape)} {q.dtype}")
-    num_samples = sample_index.numel() if cross_frequency else 0
+    index = sample_index.contiguous()
+    num_samples, index_row_stride = index_layout(tuple(index.shape))
+    num_samples = num_samples if cross_frequency else 0
     scale = dim**-0.5 if scale is None else float(scale)
     dtype_name = SUPPORTED_DTYPES[q.dtype]
     fp32_dot = config.fp32_dot or (torch_fp32_dot() if dtype_name == "fp32" else "ieee")
     grid = launch_grid(q.shape, freq_bins, config.block_t)
     dual_sparse_attention_kernel[grid](
-        q, k, v, sample_index.contiguous(),
-        *torch_scalar_args((q, k, v, out), num_samples, freq_bins),
+        q, k, v, index,
+        *torch_scalar_args((q, k, v, out), num_samples, freq_bins, index_row_stride),
         out, scale * _LOG2_E,
         HEAD_DIM=dim, BLOCK_D=config.block_d, BLOCK_T=config.block_t, BLOCK_N=config.block_n,
         SAME_FREQUENCY=same_frequency, CROSS_FREQUENCY=cross_frequency and num_samples > 0,

@@ -63,6 +63,44 @@ def test_fast_forms_match_reference(frames, bins, same, cross, ratio, impl):
     assert rel_err(got, expected) <= 1e-5
 
 
+def per_row_samples(batch: int, n_tokens: int, m: int, seed: int = 1) -> torch.Tensor:
+    """(batch, m) samples, a different one per row."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randperm(n_tokens, generator=gen)[:m] for _ in range(batch)])
+
+
+@pytest.mark.parametrize("same,cross", FLAGS)
+@pytest.mark.parametrize("impl", ["reference", "fast", "op"])
+def test_per_row_samples(same, cross, impl):
+    """(B, M): row b uses its own sample, so it equals the (M,) call of that row alone."""
+    frames, bins = 7, 8
+    q, k, v = qkv(3, 2, frames, bins, 16, seed=5)
+    index = per_row_samples(3, frames * bins, 11)
+    assert not torch.equal(index[0], index[1])
+    kwargs = dict(freq_bins=bins, same_frequency=same, cross_frequency=cross)
+    got = dual_sparse_attention(q, k, v, index, impl=impl, **kwargs)
+    expected = dual_sparse_attention_reference(q, k, v, index, **kwargs)
+    assert rel_err(got, expected) <= 1e-5
+    for b in range(3):
+        alone = dual_sparse_attention_reference(q[b:b + 1], k[b:b + 1], v[b:b + 1], index[b], **kwargs)
+        assert rel_err(got[b:b + 1], alone) <= 1e-5
+    if cross:  # rows really differ: not what one shared sample gives
+        shared = dual_sparse_attention_reference(q, k, v, index[0], **kwargs)
+        assert rel_err(got[1:], shared[1:]) > 1e-3
+
+
+@pytest.mark.parametrize("impl", ["reference", "fast", "op"])
+def test_identical_rows_equal_one_shared_sample(impl):
+    q, k, v = qkv(2, 2, 5, 4, 8, seed=2)
+    index = per_row_samples(1, 20, 6)[0]
+    kwargs = dict(freq_bins=4)
+    shared = dual_sparse_attention(q, k, v, index, impl=impl, **kwargs)
+    rows = dual_sparse_attention(q, k, v, index.expand(2, -1).contiguous(), impl=impl, **kwargs)
+    torch.testing.assert_close(rows, shared, rtol=1e-6, atol=1e-6)
+    empty = dual_sparse_attention(q, k, v, torch.zeros(2, 0, dtype=torch.int64), impl=impl, **kwargs)
+    torch.testing.assert_close(empty, dual_sparse_attention(q, k, v, torch.zeros(0, dtype=torch.int64), **kwargs))
+
+
 def test_default_scale_is_inverse_sqrt_dim():
     q, k, v = qkv(1, 1, 4, 2, 9)
     index = torch.tensor([1, 2])
@@ -85,9 +123,10 @@ def test_op_is_one_node_under_export_tracing():
         def forward(self, q, k, v, index):
             return dual_sparse_attention(q, k, v, index, freq_bins=2)
 
-    program = torch.export.export(Layer(), (q, k, v, torch.tensor([0, 5])))
-    targets = [str(node.target) for node in program.graph.nodes if node.op == "call_function"]
-    assert targets == ["litefocus.dual_sparse_attention.default"]
+    for index in (torch.tensor([0, 5]), torch.tensor([[0, 5]])):
+        program = torch.export.export(Layer(), (q, k, v, index))
+        targets = [str(node.target) for node in program.graph.nodes if node.op == "call_function"]
+        assert targets == ["litefocus.dual_sparse_attention.default"]
 
 
 @pytest.mark.parametrize(
@@ -97,6 +136,8 @@ def test_op_is_one_node_under_export_tracing():
         (dict(freq_bins=3), "not a multiple"),
         (dict(freq_bins=2, same_frequency=False, index=torch.zeros(0, dtype=torch.int64)), "no keys"),
         (dict(freq_bins=2, index=torch.tensor([0.0])), "int64"),
+        (dict(freq_bins=2, index=torch.tensor([[0], [1]])), r"\(M,\) or \(B, M\) with B=1"),
+        (dict(freq_bins=2, index=torch.zeros(1, 1, 1, dtype=torch.int64)), "int64"),
     ],
 )
 def test_bad_inputs_raise_one_line_errors(kwargs, match):

@@ -49,7 +49,7 @@ class TestAudioLDM2Export:
         assert list(shapes) == ["sample", "timestep", "encoder_hidden_states", "encoder_hidden_states_1",
                                 "encoder_attention_mask_1", "litefocus_index_8"]
         assert shapes["sample"] == ["batch", 8, "latent_frames", 16]
-        assert shapes["litefocus_index_8"] == [20, "samples_8"]
+        assert shapes["litefocus_index_8"] == [20, "batch", "samples_8"]
 
     def test_every_stage_matches_pytorch(self, tiny_build):
         _, export_dir, _ = tiny_build
@@ -78,14 +78,17 @@ def test_full_attention_exports_the_stock_unet(tiny_full_export):
     assert manifest["verification"]["unet@21"]["max_rel"] <= 1e-4
 
 
+@pytest.mark.parametrize("rank", [1, 2], ids=["shared sample", "per-row samples"])
 @pytest.mark.parametrize("form", ["function body", "MultiHeadAttention"])
 @pytest.mark.parametrize("same,cross", [(1, 1), (1, 0), (0, 1)])
-def test_onnx_forms_of_the_op_match_reference(same, cross, form):
-    """The portable body (what exports carry) and the contrib MultiHeadAttention form (what ORT engines run)."""
+def test_onnx_forms_of_the_op_match_reference(same, cross, form, rank):
+    """The portable body (what exports carry) and the contrib MultiHeadAttention form (what ORT engines run),
+    with one ``(M,)`` sample for the batch or a different ``(B, M)`` row per batch item."""
     node = make_node(["q", "k", "v", "idx"], "out", freq_bins=3, scale=0.25, same_frequency=same, cross_frequency=cross)
     value = lambda n, t: helper.make_tensor_value_info(n, t, ["B", "H", "N", "D"])  # noqa: E731
+    index_dims = ["M"] if rank == 1 else ["B", "M"]
     graph = helper.make_graph([node], "g", [value("q", 1), value("k", 1), value("v", 1),
-                                            helper.make_tensor_value_info("idx", 7, ["M"])], [value("out", 1)])
+                                            helper.make_tensor_value_info("idx", 7, index_dims)], [value("out", 1)])
     model = attach_function(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
     onnx.checker.check_model(model, full_check=True)
     if form == "MultiHeadAttention":
@@ -93,13 +96,22 @@ def test_onnx_forms_of_the_op_match_reference(same, cross, form):
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     gen = torch.Generator().manual_seed(3)
     q, k, v = (torch.randn(2, 2, 21, 5, generator=gen) for _ in range(3))
-    for index in (torch.tensor([0, 4, 4, 7, 20]), torch.zeros(0, dtype=torch.int64)):
+    indices = [torch.tensor([0, 4, 4, 7, 20]), torch.zeros(0, dtype=torch.int64)]
+    if rank == 2:
+        indices = [torch.tensor([[0, 4, 4, 7, 20], [3, 11, 19, 1, 6]]), torch.zeros(2, 0, dtype=torch.int64)]
+    for index in indices:
         if not same and not index.numel():
             continue
         (got,) = session.run(None, {"q": q.numpy(), "k": k.numpy(), "v": v.numpy(), "idx": index.numpy()})
         ref = dual_sparse_attention_reference(q, k, v, index, freq_bins=3, scale=0.25, same_frequency=bool(same),
                                               cross_frequency=bool(cross)).numpy()
         assert np.abs(got - ref).max() / np.abs(ref).max() <= 1e-5
+        if rank == 2 and index.numel():  # row b is what row b alone with its own sample gives
+            for b in range(2):
+                alone = dual_sparse_attention_reference(q[b:b + 1], k[b:b + 1], v[b:b + 1], index[b], freq_bins=3,
+                                                        scale=0.25, same_frequency=bool(same),
+                                                        cross_frequency=bool(cross)).numpy()
+                assert np.abs(got[b:b + 1] - alone).max() / np.abs(alone).max() <= 1e-5
 
 
 @pytest.mark.parametrize("args,message", [
@@ -149,15 +161,42 @@ def test_fp16_export_keeps_sensitive_ops_fp32_and_stays_close(tiny_build, tiny_p
     assert np.abs(want - got).max() <= 1e-3 * np.abs(want).max()
 
 
+def test_per_row_samples_match_pytorch(tiny_build, tiny_pipeline_factory):
+    """The exported UNet with a different sample per batch row (``(L, batch, M)``) matches PyTorch replaying the
+    same ``(B, M)`` rows, and each row is what that row alone with its own samples gives."""
+    from litefocus_export.attention import QueuedSamples
+    from litefocus_export.contract import example_unet_feeds, index_input_name, unet_call_arguments
+
+    _, export_dir, settings = tiny_build
+    unet = read_manifest(export_dir)["stages"]["unet"]
+    feeds = example_unet_feeds(unet["inputs"], 21, seed=4, layers=unet["litefocus_layers"], sparse_ratio=0.1,
+                               batch=3)
+    index = feeds["litefocus_index_8"]
+    assert index.shape[:2] == (20, 3) and not np.array_equal(index[:, 0], index[:, 1])
+    session = ort.InferenceSession(str(export_dir / "unet.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, feeds)
+    pipe = tiny_pipeline_factory()
+    levels = {int(w): names for w, names in unet["litefocus_levels"].items()}
+    queued = {layer: [feeds[index_input_name(w)][row]] for w, names in levels.items() for row, layer in
+              enumerate(names)}
+    sample, timestep, kwargs = unet_call_arguments({k: torch.from_numpy(v) for k, v in feeds.items()})
+    with torch.no_grad(), patched(pipe, settings.export.litefocus_config(), QueuedSamples(queued)):
+        want = pipe.unet(sample, timestep, **kwargs, return_dict=False)[0].numpy()
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+    (alone,) = session.run(None, {k: (v[:, 1:2] if k.startswith("litefocus_index") else v[1:2])
+                                  for k, v in feeds.items()})
+    assert np.abs(got[1:2] - alone).max() <= 1e-5 * np.abs(alone).max()
+
+
 def test_zero_sparse_ratio_runs_with_an_empty_sample(tiny_build, tiny_pipeline_factory):
     """M = 0 (pure same-frequency) stays a dynamic axis: tracing never sees fewer than 2 samples, so the one
     export serves every ratio; the shared export runs M = 0 and matches PyTorch."""
     pipe = tiny_pipeline_factory()
     with patched(pipe, LiteFocusConfig(sparse_ratio=0.0)):
-        assert unet_signature(pipe).inputs["litefocus_index_8"].shape == (20, 2)
+        assert unet_signature(pipe).inputs["litefocus_index_8"].shape == (20, 2, 3)
     _, export_dir, _ = tiny_build
     session = ort.InferenceSession(str(export_dir / "unet.onnx"), providers=["CPUExecutionProvider"])
     index = next(i for i in session.get_inputs() if i.name == "litefocus_index_8")
-    assert index.shape == [20, "samples_8"]
+    assert index.shape == [20, "batch", "samples_8"]
     for frames in VERIFY_FRAMES:
         assert verify_unet(pipe, export_dir / "unet.onnx", ExportSettings(sparse_ratio=0.0), frames)[1] <= 1e-4

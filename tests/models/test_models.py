@@ -61,7 +61,7 @@ def _unet_out(unet, inputs: dict) -> torch.Tensor:
 
 class TestSpecs:
     def test_builtin_names(self):
-        assert set(BUILTIN_SPECS) == {*TINY.values(), *REAL}
+        assert {*TINY.values(), *REAL} <= set(BUILTIN_SPECS)  # plus the other checkpoints (test_checkpoints.py)
 
     def test_fingerprint_stable_and_distinct(self):
         prints = [spec_fingerprint(spec) for spec in BUILTIN_SPECS]

@@ -87,15 +87,18 @@ class TestAttributes:
 
 
 class TestAotLaunch:
+    @pytest.mark.parametrize("per_row", [False, True], ids=["(M,)", "(B, M)"])
     @pytest.mark.parametrize(("shape", "samples"), [((2, 8, 8000, 32), 800), ((1, 2, 27, 40), 0)])
-    def test_matches_the_pytorch_launcher(self, shape, samples):
-        """The symbolic AOT launch, evaluated on ints, is what the launcher passes for contiguous tensors."""
+    def test_matches_the_pytorch_launcher(self, shape, samples, per_row):
+        """The symbolic AOT launch, evaluated on ints, is what the launcher passes for contiguous tensors,
+        for one shared sample and for one sample per batch row."""
         bins = 8 if shape[2] == 8000 else 3
         config = fused.block_config(shape[3], "fp16")
-        grid, args = plugin.aot_launch(shape, samples, bins, config.block_t, fused.triton.cdiv, fused)
+        index_shape = (shape[0], samples) if per_row else (samples,)
+        grid, args = plugin.aot_launch(shape, index_shape, bins, config.block_t, fused.triton.cdiv, fused)
         q = torch.empty(shape)
-        expected = fused.torch_scalar_args((q, q, q, q), samples, bins)
-        del expected[7::4]  # the head-dim strides, compiled into the AOT kernel
+        expected = fused.torch_scalar_args((q, q, q, q), samples, bins, samples if per_row else 0)
+        del expected[8::4]  # the head-dim strides, compiled into the AOT kernel
         assert args == expected
         assert grid == fused.launch_grid(shape, bins, config.block_t)
         assert grid == (-(-(shape[2] // bins) // config.block_t), bins, shape[0] * shape[1])

@@ -94,6 +94,33 @@ class TestMatchesReference:
         assert rel_err(out, dual_sparse_attention_reference(q, k, v, index, freq_bins=shape[3])) <= 1e-5
 
 
+class TestPerRowSamples:
+    """A (B, M) sample: batch row b attends to its own sampled keys (the index pointer moves per row)."""
+
+    @pytest.mark.parametrize("flags", [f for f in FLAGS if f[1]], ids=lambda f: "same" * f[0] + "cross" * f[1])
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+    def test_rows_differ_and_match_the_reference(self, flags, dtype):
+        batch, heads, frames, bins, samples, dim = shape = (3, 2, 9, 3, 7, 16)
+        q, k, v = make_qkv(shape, seed=4)
+        index = torch.stack([make_index(shape, seed=s) for s in range(batch)])
+        assert not torch.equal(index[0], index[1])
+        out = check(q, k, v, index, bins, dtype, *flags)
+        for b in range(batch):  # row b alone with its (M,) sample gives the same
+            alone = fused.dual_sparse_attention_triton(q[b:b + 1].to(dtype), k[b:b + 1].to(dtype),
+                                                       v[b:b + 1].to(dtype), index[b], freq_bins=bins,
+                                                       same_frequency=flags[0], cross_frequency=flags[1],
+                                                       config=small_tiles(dim, dtype))
+            assert rel_err(out[b:b + 1], alone) <= TOLERANCE[dtype]
+
+    def test_identical_rows_equal_one_shared_sample(self):
+        shape = (2, 2, 9, 3, 6, 8)
+        q, k, v = make_qkv(shape, seed=5)
+        index = make_index(shape)
+        shared = check(q, k, v, index, 3, torch.float32)
+        rows = check(q, k, v, index.expand(2, -1), 3, torch.float32)  # a stride-0 view: made contiguous
+        torch.testing.assert_close(rows, shared, rtol=0, atol=0)
+
+
 class TestStrides:
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
     def test_views_of_token_major_buffer(self, dtype):
@@ -156,16 +183,22 @@ class TestLaunchParameters:
 
     def test_aot_args_match_the_launcher_for_contiguous_tensors(self):
         q = torch.empty(2, 8, 8000, 32)
-        jit = fused.torch_scalar_args((q, q, q, q), 800, 8)
-        head_dim_strides = {7, 11, 15, 19}  # stride_*d, compiled in as 1 by the AOT variant
-        aot = fused.aot_scalar_args(q.shape, 800, 8)
-        assert [a for i, a in enumerate(jit) if i not in head_dim_strides] == aot
-        assert all(jit[i] == 1 for i in head_dim_strides)
+        head_dim_strides = {8, 12, 16, 20}  # stride_*d, compiled in as 1 by the AOT variant
+        for index_row_stride in (0, 800):  # (M,) and (B, M) samples
+            jit = fused.torch_scalar_args((q, q, q, q), 800, 8, index_row_stride)
+            aot = fused.aot_scalar_args(q.shape, 800, 8, index_row_stride)
+            assert [a for i, a in enumerate(jit) if i not in head_dim_strides] == aot
+            assert all(jit[i] == 1 for i in head_dim_strides) and jit[4] == index_row_stride
+
+    def test_index_layout(self):
+        assert fused.index_layout((800,)) == (800, 0) and fused.index_layout((2, 800)) == (800, 800)
+        with pytest.raises(UsageError, match="rank 3"):
+            fused.index_layout((1, 2, 3))
 
     def test_aot_args_follow_the_kernel_signature(self):
         runtime = [n for n, t in fused.aot_signature("fp16").items() if t == "i32"]
-        assert len(runtime) == len(fused.aot_scalar_args((2, 8, 8000, 32), 800, 8)) == 16
-        assert runtime[:4] == ["heads", "frames", "freq_bins", "num_samples"]
+        assert len(runtime) == len(fused.aot_scalar_args((2, 8, 8000, 32), 800, 8)) == 17
+        assert runtime[:5] == ["heads", "frames", "freq_bins", "num_samples", "index_row_stride"]
         pointers = [n for n, t in fused.aot_signature("bf16").items() if t.startswith("*")]
         assert pointers == ["q_ptr", "k_ptr", "v_ptr", "index_ptr", "out_ptr"]  # TensorRT: output last
 
@@ -207,8 +240,8 @@ def test_aot_compile_for_sm90(tmp_path):
     """, tmp_path)
     for name, params, threads, shared in json.loads(out.strip().splitlines()[-1]):
         assert name == "dual_sparse_attention_kernel"
-        # 4 inputs + 16 int32 + output; newer Triton appends its (unused) scratch pointers
-        assert 21 <= params <= 23
+        # 4 inputs + 17 int32 + output; newer Triton appends its (unused) scratch pointers
+        assert 22 <= params <= 24
         assert threads == 128 and shared <= 48 * 1024
 
 

@@ -62,6 +62,10 @@ class TestFullReport:
             stages = row["stages"]
             assert set(stages) == {"conditioning_s", "unet_steps_s", "vae_decode_s", "vocoder_s"}
             assert sum(stages.values()) <= row["end_to_end_s"] * 1.05 and row["peak_rss_mb"] > 10
+            peaks = row["stage_peak_mb"]  # per-stage peak memory (Linux /proc), never above the run's peak
+            assert peaks is None or (all(v and v <= row["peak_rss_mb"] + 1 for v in peaks.values())
+                                     and row["between_requests_rss_mb"] <= row["peak_rss_mb"] + 1)
+        assert {f["seconds"] for f in data["decode_flops"]["per_duration"]} == {1.0, 2.0}
 
     def test_markdown_tables_print_the_json_numbers(self, full_report):
         _, data, markdown = full_report

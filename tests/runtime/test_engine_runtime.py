@@ -115,11 +115,15 @@ def corrupt(folder, tmp_path, how):
     elif how == "newer":
         manifest = json.loads((copy / "manifest.json").read_text())
         (copy / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
+    elif how == "older":  # format 1: engines that take one (L, M) sample for the whole batch
+        manifest = json.loads((copy / "manifest.json").read_text())
+        (copy / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
     return copy
 
 
 @pytest.mark.parametrize("how,message", [("tamper", "does not match its sha256"), ("missing", "is missing"),
-                                         ("broken", "not valid JSON"), ("newer", "format version 99")])
+                                         ("broken", "not valid JSON"), ("newer", "format version 99"),
+                                         ("older", "built by an older version of litefocus-export")])
 def test_damaged_engine_folders_are_refused(tiny_build, tmp_path, how, message):
     engines, _, _ = tiny_build
     with pytest.raises(EngineError, match=message):
@@ -139,3 +143,25 @@ def test_inspect_summarises(tiny_build):
     engines, _, _ = tiny_build
     result = CliRunner().invoke(main, ["inspect", str(engines)])
     assert result.exit_code == 0 and "onnxruntime" in result.output and "1-80 s" in result.output
+
+
+def test_unet_step_gives_each_request_its_own_samples(tiny_build):
+    """A guided batch of two requests, rows [uncond 0, uncond 1, cond 0, cond 1]: each request's rows get its own
+    draw (both of its rows the same one), so its output is what it gets alone with its generator."""
+    from litefocus_export.contract import example_unet_feeds
+    from litefocus_export.runtime import EngineFolder
+
+    engines, _, _ = tiny_build
+    folder = EngineFolder(engines, stages=("unet",))
+    feeds = example_unet_feeds(folder.stage("unet")["inputs"], 25, seed=2, batch=4)  # no index inputs
+    batched = folder.unet_step(feeds, [np.random.default_rng(1), np.random.default_rng(2)], [0, 1, 0, 1])
+    for request, seed in enumerate((1, 2)):
+        rows = [request, request + 2]
+        alone = folder.unet_step({k: v[rows] for k, v in feeds.items()}, np.random.default_rng(seed))
+        assert np.abs(batched[rows] - alone).max() <= 1e-5 * np.abs(alone).max()
+    same = folder.unet_step(feeds, [np.random.default_rng(1), np.random.default_rng(1)], [0, 1, 0, 1])
+    assert np.abs(same[[1, 3]] - batched[[1, 3]]).max() > 1e-4 * np.abs(batched).max()  # samples matter
+    default = folder.unet_step(feeds, [np.random.default_rng(1), np.random.default_rng(2)])  # guided layout
+    assert np.array_equal(default, batched)
+    with pytest.raises(EngineError, match="needs explicit rows"):
+        folder.unet_step(feeds, [np.random.default_rng(1)] * 3)

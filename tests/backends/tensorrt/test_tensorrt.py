@@ -39,7 +39,7 @@ def unet_inputs(lm_dim: int, text_dim: int) -> dict:
         "encoder_hidden_states": desc("float32", ["batch", "lm_tokens", lm_dim]),
         "encoder_hidden_states_1": desc("float32", ["batch", "text_tokens", text_dim]),
         "encoder_attention_mask_1": desc("int64", ["batch", "text_tokens"]),
-        "litefocus_index_8": desc("int64", [20, "samples_8"]),
+        "litefocus_index_8": desc("int64", [20, "batch", "samples_8"]),
     }
 
 
@@ -62,7 +62,8 @@ class TestProfileShapes:
         assert shapes["encoder_hidden_states_1"] == ((1, 1, text_dim), (2, 64, text_dim), (2, 512, text_dim))
         assert shapes["encoder_attention_mask_1"] == ((1, 1), (2, 64), (2, 512))
         # M = floor(0.1 * ceil(T / 2) * 8): 25 -> 13 * 8 = 104 -> 10, 250 -> 1000 -> 100, 2000 -> 8000 -> 800
-        assert shapes["litefocus_index_8"] == tuple((20, m) for m in samples)
+        # one sample per batch row (DESIGN.md §2): the index's batch axis has the batch range
+        assert shapes["litefocus_index_8"] == tuple((20, b, m) for b, m in zip((1, 2, 2), samples))
         assert list(shapes) == list(inputs)
 
     def test_level_from_latent_width_without_layers(self):
@@ -70,18 +71,18 @@ class TestProfileShapes:
         assert profiles.profile_shapes("unet", TINY, (25, 250, 2000), litefocus=LITEFOCUS) == with_layers
 
     def test_layers_decide_the_level(self):
-        inputs = {"litefocus_index_4": {"dtype": "int64", "shape": [2, "samples_4"]}}
+        inputs = {"litefocus_index_4": {"dtype": "int64", "shape": [2, "batch", "samples_4"]}}
         layers = [{"level": 2, "width": 4}] * 2
         shapes = profiles.profile_shapes("unet", inputs, (25, 250, 2000), litefocus={"sparse_ratio": 0.25},
                                         layers=layers)
         # level 2: ceil(ceil(T / 2) / 2) frames x 4 bins, a quarter of them
-        assert shapes["litefocus_index_4"] == ((2, 7), (2, 63), (2, 500))
+        assert shapes["litefocus_index_4"] == ((2, 1, 7), (2, 2, 63), (2, 2, 500))
 
     def test_odd_lengths_and_zero_samples(self):
         shapes = profiles.profile_shapes("unet", TINY, (1, 3, 7), litefocus={"sparse_ratio": 0.0}, layers=LAYERS)
-        assert shapes["litefocus_index_8"] == ((20, 0), (20, 0), (20, 0))
+        assert shapes["litefocus_index_8"] == ((20, 1, 0), (20, 2, 0), (20, 2, 0))
         shapes = profiles.profile_shapes("unet", TINY, (1, 3, 7), litefocus={"sparse_ratio": 1.0}, layers=LAYERS)
-        assert shapes["litefocus_index_8"] == ((20, 8), (20, 16), (20, 32))
+        assert shapes["litefocus_index_8"] == ((20, 1, 8), (20, 2, 16), (20, 2, 32))
 
     def test_batch(self):
         fixed = profiles.profile_shapes("unet", TINY, (25, 250, 250), batch=(2, 2, 2), litefocus=LITEFOCUS)
@@ -147,7 +148,7 @@ class TestPolygraphyObjects:
         assert list(profile) == list(REAL)
         assert profile["sample"].min == (1, 8, 25, 16)
         assert profile["sample"].opt == profile["sample"].max == (2, 8, 2000, 16)
-        assert tuple(profile["litefocus_index_8"]) == ((20, 10), (20, 800), (20, 800))
+        assert tuple(profile["litefocus_index_8"]) == ((20, 1, 10), (20, 2, 800), (20, 2, 800))
 
     def test_create_config(self, tmp_path):
         shapes = profiles.profile_shapes("unet", TINY, (25, 250, 250), litefocus=LITEFOCUS)

@@ -1,0 +1,102 @@
+"""ONNX Runtime's profiler on the decode stages of an engine folder: where the VAE decoder and vocoder spend time.
+
+    python scripts/profile_decode.py ENGINE_FOLDER [--seconds 80] [--threads 2] [--stages vae_decoder,vocoder]
+        [--chunk-frames 0]
+
+Runs each stage once (after one warm-up run at a short length, so session set-up is not profiled) on random
+inputs of the requested length with ``SessionOptions.enable_profiling`` and the engine's own session settings
+(``OrtStage``), then prints, per stage, the time by operator type and the ten slowest nodes. With
+``--chunk-frames`` the vocoder runs in chunks of that many mel frames (``runtime.decode``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+
+def profile_stage(path: Path, feeds: dict[str, np.ndarray], warm: dict[str, np.ndarray], threads: int,
+                  run=None) -> tuple[float, dict, list]:  # noqa: ANN001
+    import onnxruntime as ort
+
+    from litefocus_export.backends.onnxruntime import runner
+
+    options = runner.session_options(threads)
+    options.enable_profiling = True
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session.run(None, warm)
+    start = time.perf_counter()
+    if run is None:
+        session.run(None, feeds)
+    else:
+        run(session)
+    seconds = time.perf_counter() - start
+    trace_path = Path(session.end_profiling())
+    trace = json.loads(trace_path.read_text())
+    by_op: dict[str, float] = defaultdict(float)
+    nodes: dict[str, float] = defaultdict(float)
+    warm_end = None
+    for event in trace:
+        if event.get("cat") == "Session" and event.get("name") == "model_run" and warm_end is None:
+            warm_end = event["ts"] + event["dur"]
+    for event in trace:
+        if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time"):
+            continue
+        if warm_end is not None and event["ts"] < warm_end:
+            continue
+        op = event.get("args", {}).get("op_name", "?")
+        by_op[op] += event["dur"] / 1e6
+        nodes[f"{event['name'][:-len('_kernel_time')]} ({op})"] += event["dur"] / 1e6
+    trace_path.unlink(missing_ok=True)
+    return seconds, dict(by_op), sorted(nodes.items(), key=lambda kv: -kv[1])[:10]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("engines")
+    parser.add_argument("--seconds", type=float, default=80.0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--stages", default="vae_decoder,vocoder")
+    parser.add_argument("--chunk-frames", type=int, default=0)
+    args = parser.parse_args()
+
+    from litefocus_export.manifest import read_manifest
+    from litefocus_export.runtime.decode import VocoderField, chunked_vocode
+
+    folder = Path(args.engines)
+    manifest = read_manifest(folder)
+    geometry = manifest["geometry"]
+    mel_frames = int(np.ceil(args.seconds * geometry["sample_rate"] / geometry["hop_length"] / 4)) * 4
+    rng = np.random.default_rng(0)
+    for name in [s.strip() for s in args.stages.split(",") if s.strip()]:
+        stage = manifest["stages"][name]
+        if name == "vae_decoder":
+            shape = (1, geometry["latent_channels"], mel_frames // 4, geometry["mel_bins"] // 4)
+            feeds, warm = {"latents": rng.standard_normal(shape, dtype=np.float32)}, {
+                "latents": rng.standard_normal((*shape[:2], 8, shape[3]), dtype=np.float32)}
+            run = None
+        else:
+            feeds = {"mel": rng.standard_normal((1, 1, mel_frames, geometry["mel_bins"]), dtype=np.float32)}
+            warm = {"mel": feeds["mel"][:, :, :32]}
+            field = VocoderField.from_stage(stage)
+
+            def run(session, mel=feeds["mel"], field=field):  # noqa: ANN001
+                return chunked_vocode(lambda part: session.run(None, {"mel": np.ascontiguousarray(part)})[0], mel,
+                                      field, args.chunk_frames)
+        seconds, by_op, slowest = profile_stage(folder / stage["engine"], feeds, warm, args.threads, run)
+        total = sum(by_op.values())
+        print(f"\n{name}, {args.seconds:g} s, {args.threads} threads: {seconds:.2f} s wall, {total:.2f} s in kernels")
+        for op, value in sorted(by_op.items(), key=lambda kv: -kv[1]):
+            print(f"  {op:28s} {value:8.2f} s  {100 * value / total:5.1f}%")
+        print("  slowest nodes:")
+        for node, value in slowest:
+            print(f"    {value:8.2f} s  {node}")
+
+
+if __name__ == "__main__":
+    main()
