@@ -41,3 +41,14 @@ def machine_info() -> dict[str, Any]:
         "load_average_at_start": [round(v, 2) for v in load] if load else None,
         "versions": tool_versions(*PACKAGES),
     }
+
+
+def process_status_mb(field: str) -> float | None:
+    """A memory field of this process's ``/proc/self/status`` (``VmHWM`` peak, ``VmRSS`` now) in MiB; None
+    where /proc is missing."""
+    try:
+        match = re.search(rf"^{field}:\s*(\d+)\s*kB", Path("/proc/self/status").read_text(), re.MULTILINE)
+    except OSError:
+        return None
+    return int(match.group(1)) / 1024 if match else None
+

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import resource
 import sys
 import time
@@ -23,6 +22,7 @@ import numpy as np
 from ..contract import UNET, example_unet_feeds, unet_call_arguments, unet_inputs
 from ..models.facts import ModelFacts, model_facts
 from ..sampling import seeded_streams
+from .machine import process_status_mb
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +33,9 @@ def peak_rss_mb() -> float:
     Linux: ``VmHWM`` of /proc/self/status, which starts afresh at exec; ``ru_maxrss`` would still hold the
     peak of the forked parent image. Elsewhere ``ru_maxrss`` (bytes on macOS, KiB otherwise).
     """
-    try:
-        match = re.search(r"^VmHWM:\s*(\d+)\s*kB", Path("/proc/self/status").read_text(), re.MULTILINE)
-        if match:
-            return int(match.group(1)) / 1024
-    except OSError:
-        pass
+    peak = process_status_mb("VmHWM")
+    if peak is not None:
+        return peak
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 

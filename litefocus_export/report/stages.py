@@ -10,7 +10,6 @@ runtime). Engines: ``runtime.Sampler`` over an ``EngineFolder`` that times each 
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -20,23 +19,12 @@ from typing import Any
 import numpy as np
 
 from ..runtime import EngineFolder
-
-
-def _read_peak_mb() -> float | None:
-    try:
-        match = re.search(r"^VmHWM:\s*(\d+)\s*kB", Path("/proc/self/status").read_text(), re.MULTILINE)
-    except OSError:
-        return None
-    return int(match.group(1)) / 1024 if match else None
+from .machine import process_status_mb
 
 
 def current_rss_mb() -> float | None:
     """Resident memory now (``VmRSS``), in MiB: what a long-running process holds between requests."""
-    try:
-        match = re.search(r"^VmRSS:\s*(\d+)\s*kB", Path("/proc/self/status").read_text(), re.MULTILINE)
-    except OSError:
-        return None
-    return int(match.group(1)) / 1024 if match else None
+    return process_status_mb("VmRSS")
 
 
 class StagePeaks:
@@ -55,7 +43,7 @@ class StagePeaks:
         self.overall_mb = 0.0
 
     def _take(self, label: str) -> None:
-        peak = _read_peak_mb()
+        peak = process_status_mb("VmHWM")
         if peak is None:
             return
         self.overall_mb = max(self.overall_mb, peak)
