@@ -108,6 +108,11 @@ LM_TOKENS = "lm_tokens"  # AudioLDM2: the language model's states (generated one
 AUDIO_SAMPLES = "samples"  # the vocoder's waveform
 # ONNX metadata of language_model.onnx (and its manifest entry): ``language_model.config.max_new_tokens``
 MAX_NEW_TOKENS_KEY = "litefocus.max_new_tokens"
+# ONNX metadata of vocoder.onnx (and its manifest entry): the receptive field, vocoder_field.VocoderField.to_json()
+VOCODER_FIELD_KEY = "litefocus.vocoder_field"
+# scheduler_config.json: the keys diffusers filled with the scheduler class's defaults (it drops the list when
+# saving; the export writes it back, the runtime re-defaults them on conversion as diffusers' from_config does)
+USE_DEFAULT_VALUES = "_use_default_values"
 # token counts of example inputs: AudioLDM2's language model generates 8 states; a typical T5 prompt length
 EXAMPLE_TOKENS = {LM_TOKENS: 8, TEXT_TOKENS: 64}
 EXAMPLE_TIMESTEP = 500.0

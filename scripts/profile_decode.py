@@ -66,7 +66,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from litefocus_export.manifest import read_manifest
-    from litefocus_export.runtime.decode import VocoderField, chunked_vocode
+    from litefocus_export.runtime.decode import chunked_vocode
+    from litefocus_export.vocoder_field import VocoderField
 
     folder = Path(args.engines)
     manifest = read_manifest(folder)

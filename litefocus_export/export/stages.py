@@ -83,7 +83,7 @@ def save_side_files(pipe: Any, out_dir: Path) -> None:
     """
     import json
 
-    from ..runtime.schedulers import USE_DEFAULT_VALUES
+    from ..contract import USE_DEFAULT_VALUES
 
     for name in ("tokenizer", "tokenizer_2"):
         tokenizer = getattr(pipe, name, None)
@@ -107,7 +107,8 @@ def _metadata(pipe: Any, kind: str, name: str) -> dict[str, str]:
     if name == "language_model":
         meta[MAX_NEW_TOKENS_KEY] = str(int(pipe.language_model.config.max_new_tokens))
     if name == "vocoder":  # its receptive field, so the torch-free runtime can decode in exact chunks
-        from ..runtime.decode import VOCODER_FIELD_KEY, VocoderField
+        from ..contract import VOCODER_FIELD_KEY
+        from ..vocoder_field import VocoderField
 
         meta[VOCODER_FIELD_KEY] = VocoderField.from_config(pipe.vocoder.config.to_dict()).to_json()
     return meta

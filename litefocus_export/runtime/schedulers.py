@@ -17,6 +17,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import numpy as np
 
+from litefocus_export.contract import USE_DEFAULT_VALUES
 from litefocus_export.errors import UsageError
 
 BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
@@ -25,7 +26,6 @@ TimestepSpacing = Literal["leading", "trailing", "linspace"]
 Off = Literal[False]  # a diffusers option whose non-default value we do not implement
 # the config key where diffusers lists the arguments a scheduler took from its class's defaults (its
 # save_config drops it; the export writes it back, so the runtime can resolve a conversion like diffusers)
-USE_DEFAULT_VALUES = "_use_default_values"
 
 _F32 = np.float32
 # float32 1: with NumPy 1.x a Python 1 next to a float32 scalar makes float64 (value-based casting), not with 2.x

@@ -10,16 +10,12 @@ import pytest
 import torch
 
 from litefocus_export.backends.onnxruntime.runner import OrtStage
+from litefocus_export.contract import VOCODER_FIELD_KEY
 from litefocus_export.errors import EngineError, UsageError
 from litefocus_export.export.stages import export_stage
 from litefocus_export.models.specs import VOCODER
-from litefocus_export.runtime.decode import (
-    VOCODER_FIELD_KEY,
-    AudioDecoder,
-    VocoderField,
-    chunked_torch_vocoder,
-    chunked_vocode,
-)
+from litefocus_export.runtime.decode import AudioDecoder, chunked_torch_vocoder, chunked_vocode
+from litefocus_export.vocoder_field import VocoderField
 
 CHUNKS = [2, 7, 23, 64, 159, 160, 1000]  # around the margins (23), the clip (160 frames), past it
 
