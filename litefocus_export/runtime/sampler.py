@@ -8,6 +8,7 @@ that share latent length, steps, scheduler and guidance mode run as one batch (`
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -44,6 +45,8 @@ class Sampler:
         self.engines = engines if isinstance(engines, EngineFolder) else EngineFolder(engines)
         self.conditioner = TextConditioner.from_engines(self.engines)
         self.decoder = AudioDecoder.for_engines(self.engines)
+        # read once, right after the folder's hashes were checked: never again from a folder that may change
+        self.scheduler_config = json.loads((self.engines.folder / "scheduler_config.json").read_text())
         self.progress = progress
         self.timings = Timings()
 
@@ -55,13 +58,10 @@ class Sampler:
             EngineError: the folder's scheduler config predates ``_use_default_values`` and ``name`` converts
                 it to another scheduler class, so the settings diffusers would use are unknown.
         """
-        import json
-
         from ..errors import EngineError
         from .schedulers import USE_DEFAULT_VALUES, converts_config, scheduler_from_config
 
-        folder = self.engines.folder
-        config = json.loads((folder / "scheduler_config.json").read_text())
+        folder, config = self.engines.folder, self.scheduler_config
         if USE_DEFAULT_VALUES not in config and converts_config(config, name):
             # without the list, an explicit setting and a defaulted one look alike (timestep_spacing "leading"
             # of DDIM's defaults becomes DPM's "linspace" in diffusers); the same class needs no conversion.
