@@ -35,8 +35,9 @@ FP16_KEEP_FP32 = ["Softmax", "LayerNormalization", "GroupNormalization", "Instan
 
 # what an export folder holds and how: part of the export cache key, so a change re-exports
 # (2: scheduler_config.json keeps diffusers' _use_default_values; 3: per-row samples, litefocus_index_<w> is
-# (L, batch, M); 4: the vocoder as 2-D (1, k) convolutions, its receptive field in its metadata)
-EXPORT_FORMAT = 4
+# (L, batch, M); 4: the vocoder as 2-D (1, k) convolutions, its receptive field in its metadata; 5: the language
+# model step takes position_ids, so rows of different prompt lengths batch exactly)
+EXPORT_FORMAT = 5
 ATTENTIONS = ("litefocus", "full")
 PRECISIONS = ("fp32", "fp16")
 

@@ -99,14 +99,19 @@ class LanguageModelStep(nn.Module):
 
     The pipeline takes ``output.hidden_states[-1][:, -1:, :]`` of the LM-head model; that is the base
     transformer's ``last_hidden_state`` (after the final layer norm), so the LM head is left out.
+    ``position_ids`` is an input: the pipeline's own call leaves it to the default ``arange``, which a caller
+    reproduces for one prompt; several prompts of different lengths padded into one batch pass each row's own
+    positions, so every row equals its run alone (``runtime.conditioning``).
     """
 
     def __init__(self, language_model: nn.Module) -> None:
         super().__init__()
         self.transformer = getattr(language_model, "base_model", language_model)
 
-    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        out = self.transformer(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False)
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                position_ids: torch.Tensor) -> torch.Tensor:
+        out = self.transformer(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                               position_ids=position_ids, use_cache=False)
         return out.last_hidden_state[:, -1:, :]
 
 
@@ -238,6 +243,8 @@ def _language_model_inputs(
     return {
         "inputs_embeds": torch.randn(batch, length, hidden, generator=gen),
         "attention_mask": _padded_mask(batch, length, length // 2, length - 2),
+        # rows' own positions (the last row's reversed: a graph that ignored the input would fail verification)
+        "position_ids": torch.cat([torch.arange(length).repeat(batch - 1, 1), torch.arange(length).flip(0)[None]]),
     }
 
 
@@ -316,7 +323,8 @@ _COMMON: dict[str, StageSpec] = {
         "language_model",
         lambda pipe: LanguageModelStep(pipe.language_model),
         _language_model_inputs,
-        {"inputs_embeds": {0: BATCH, 1: LM_TOKENS}, "attention_mask": {0: BATCH, 1: LM_TOKENS}},
+        {"inputs_embeds": {0: BATCH, 1: LM_TOKENS}, "attention_mask": {0: BATCH, 1: LM_TOKENS},
+         "position_ids": {0: BATCH, 1: LM_TOKENS}},
         {"next_hidden_state": {0: BATCH}},
     ),
     "vae_decoder": StageSpec(

@@ -11,6 +11,11 @@ prompt and one waveform per prompt, including their tokenizer settings:
 - AudioLDM2's language model runs ``max_new_tokens`` steps with no KV cache, re-feeding the sequence and
   extending the mask with ones, as ``generate_language_model`` does.
 
+Several requests encode as one batch (``encode_batch``), each equal to its encoding alone: rows of equal
+shapes run as one call; T5 rows are right-padded to the longest (masked, then cut back to their own length);
+the language model's rows are left-padded to the longest prompt and given their own position ids, the ones
+``arange`` gives each alone (engine folders whose language model takes no ``position_ids`` run it per row).
+
 Tokenizers are the saved ``tokenizer.json`` files run by the ``tokenizers`` library with the settings
 transformers' tokenizer call would give it (``transformers`` itself would import torch).
 """
@@ -18,7 +23,7 @@ transformers' tokenizer call would give it (``transformers`` itself would import
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -115,12 +120,15 @@ class TextConditioner:
         run: runs a stage by name (``EngineFolder.run``).
         max_new_tokens: AudioLDM2's language-model steps (the ``litefocus.max_new_tokens`` metadata of the
             language_model stage); required for AudioLDM2.
+        lm_position_ids: whether the language_model stage takes ``position_ids`` (exports since format 5);
+            without them its rows run one at a time.
 
     Raises:
         UsageError: unknown kind. EngineError: a tokenizer is missing, or AudioLDM2 without max_new_tokens.
     """
 
-    def __init__(self, folder: str | Path, kind: str, run: StageRunner, *, max_new_tokens: int | None = None) -> None:
+    def __init__(self, folder: str | Path, kind: str, run: StageRunner, *, max_new_tokens: int | None = None,
+                 lm_position_ids: bool = True) -> None:
         self.folder, self.kind = Path(folder), check_kind(kind)
         self.run = run
         self.tokenizer = TextTokenizer.from_folder(self.folder / "tokenizer")
@@ -131,17 +139,21 @@ class TextConditioner:
             raise EngineError(f"the AudioLDM2 conditioner needs max_new_tokens (the language_model stage's "
                               f"{MAX_NEW_TOKENS_KEY} metadata)")
         self.max_new_tokens = max_new_tokens
+        self.lm_position_ids = lm_position_ids
 
     @classmethod
     def from_engines(cls, engines: Any) -> TextConditioner:
         """The conditioner of an ``EngineFolder``: its tokenizers, its stages, its manifest's LM step count."""
-        max_new = None
+        max_new, positions = None, False
         if engines.kind == "audioldm2":
-            max_new = engines.stage("language_model").get("metadata", {}).get(MAX_NEW_TOKENS_KEY)
+            stage = engines.stage("language_model")
+            max_new = stage.get("metadata", {}).get(MAX_NEW_TOKENS_KEY)
             if max_new is None:
                 raise EngineError(f"{engines.folder}: the language_model stage has no {MAX_NEW_TOKENS_KEY} metadata; "
                                   f"rebuild the engines")
-        return cls(engines.folder, engines.kind, engines.run, max_new_tokens=None if max_new is None else int(max_new))
+            positions = "position_ids" in stage.get("inputs", {})
+        return cls(engines.folder, engines.kind, engines.run, max_new_tokens=None if max_new is None else int(max_new),
+                   lm_position_ids=positions)
 
     def encode(
         self, prompt: str, negative_prompt: str | None = None, guidance: float | None = None
@@ -154,64 +166,103 @@ class TextConditioner:
         ``encoder_hidden_states_1`` float32 ``(B, text_tokens, t5_dim)``, ``encoder_attention_mask_1`` int64
         ``(B, text_tokens)``. AudioLDM / MusicLDM: ``class_labels`` float32 ``(B, clap_dim)``.
         """
-        _check_text(prompt, negative_prompt)
-        guidance = DEFAULT_GUIDANCE[self.kind] if guidance is None else float(guidance)
-        negative = (negative_prompt or "") if guidance > 1.0 else None
-        if self.kind == "audioldm2":
-            return self._encode_audioldm2(prompt, negative)
-        return self._encode_clap(prompt, negative)
+        return self.encode_batch([(prompt, negative_prompt, guidance)])[0]
 
     __call__ = encode
 
-    # --- AudioLDM / MusicLDM: the normalised CLAP text embedding as class labels ---
-    def _clap_embeds(self, text: str, max_length: int) -> np.ndarray:
-        ids, mask = self.tokenizer(text, max_length=max_length, padding="max_length")
-        return self.run("text_encoder", {"input_ids": ids, "attention_mask": mask})["text_embeds"]
+    def encode_batch(
+        self, requests: Sequence[tuple[str, str | None, float | None]]
+    ) -> list[dict[str, np.ndarray]]:
+        """``encode`` of several ``(prompt, negative_prompt, guidance)`` at once, the text stages batched across
+        requests; each result is what ``encode`` gives that request alone."""
+        prompts, negatives = [], []
+        for prompt, negative_prompt, guidance in requests:
+            _check_text(prompt, negative_prompt)
+            guidance = DEFAULT_GUIDANCE[self.kind] if guidance is None else float(guidance)
+            prompts.append(prompt)
+            negatives.append((negative_prompt or "") if guidance > 1.0 else None)
+        if self.kind == "audioldm2":
+            return self._encode_audioldm2(prompts, negatives)
+        return self._encode_clap(prompts, negatives)
 
-    def _encode_clap(self, prompt: str, negative: str | None) -> dict[str, np.ndarray]:
-        embeds = self._clap_embeds(prompt, self.tokenizer.model_max_length)
-        if negative is not None:
-            # The pipelines pad the negative prompt to prompt_embeds.shape[1], the embedding width.
-            embeds = np.concatenate([self._clap_embeds(negative, embeds.shape[1]), embeds])
-        return {"class_labels": embeds.astype(np.float32, copy=False)}
+    def _run_rows(self, stage: str, rows: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        """``stage``'s outputs for each one-row feed, one call per distinct set of input shapes (rows of equal
+        shapes stack exactly)."""
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, feeds in enumerate(rows):
+            groups.setdefault(tuple((name, a.shape) for name, a in feeds.items()), []).append(i)
+        results: list[dict[str, np.ndarray]] = [{} for _ in rows]
+        for members in groups.values():
+            stacked = {name: np.concatenate([rows[i][name] for i in members]) for name in rows[members[0]]}
+            for name, out in self.run(stage, stacked).items():
+                for j, i in enumerate(members):
+                    results[i][name] = out[j:j + 1]
+        return results
+
+    # --- AudioLDM / MusicLDM: the normalised CLAP text embedding as class labels ---
+    def _clap_embeds(self, texts: Sequence[str], max_length: int) -> list[np.ndarray]:
+        rows = []
+        for text in texts:
+            ids, mask = self.tokenizer(text, max_length=max_length, padding="max_length")
+            rows.append({"input_ids": ids, "attention_mask": mask})
+        return [out["text_embeds"] for out in self._run_rows("text_encoder", rows)]
+
+    def _encode_clap(self, prompts: list[str], negatives: list[str | None]) -> list[dict[str, np.ndarray]]:
+        embeds = self._clap_embeds(prompts, self.tokenizer.model_max_length)
+        guided = [i for i, negative in enumerate(negatives) if negative is not None]
+        # The pipelines pad the negative prompt to prompt_embeds.shape[1], the embedding width.
+        negative_embeds = self._clap_embeds([negatives[i] or "" for i in guided], embeds[0].shape[1])
+        for i, negative in zip(guided, negative_embeds):
+            embeds[i] = np.concatenate([negative, embeds[i]])
+        return [{"class_labels": e.astype(np.float32, copy=False)} for e in embeds]
 
     # --- AudioLDM2: CLAP + T5 -> projection -> GPT2 generation ---
-    def _encode_audioldm2(self, prompt: str, negative: str | None) -> dict[str, np.ndarray]:
-        generated, t5_embeds, t5_mask = self._audioldm2_branch(prompt, None)
-        if negative is not None:
-            neg_generated, neg_embeds, neg_mask = self._audioldm2_branch(negative, t5_embeds.shape[1])
-            generated = np.concatenate([neg_generated, generated])
-            t5_embeds, t5_mask = np.concatenate([neg_embeds, t5_embeds]), np.concatenate([neg_mask, t5_mask])
-        return {
-            "encoder_hidden_states": generated.astype(np.float32, copy=False),
-            "encoder_hidden_states_1": t5_embeds.astype(np.float32, copy=False),
-            "encoder_attention_mask_1": t5_mask.astype(np.int64, copy=False),
-        }
+    def _encode_audioldm2(self, prompts: list[str], negatives: list[str | None]) -> list[dict[str, np.ndarray]]:
+        """Every prompt and negative prompt is one row of ``encode_prompt``'s branch; a negative prompt's
+        tokens are padded (or truncated) to its prompt's T5 length, as the pipeline does."""
+        texts, lengths = list(prompts), [None] * len(prompts)
+        t5_tokens = [self._tokenize(self.tokenizer_2, text, None) for text in prompts]
+        negative_row = {}
+        for i, negative in enumerate(negatives):
+            if negative is not None:
+                negative_row[i] = len(texts)
+                texts.append(negative)
+                lengths.append(t5_tokens[i][0].shape[1])
+                t5_tokens.append(self._tokenize(self.tokenizer_2, negative, lengths[-1]))
+        clap_rows = []
+        for text, length in zip(texts, lengths):
+            ids, mask = self._tokenize(self.tokenizer, text, length)
+            clap_rows.append({"input_ids": ids, "attention_mask": mask})
+        clap = [out["text_embeds"] for out in self._run_rows("text_encoder", clap_rows)]
+        t5 = self._t5_states(t5_tokens)
+        projected = self._run_rows("projection_model", [
+            # one CLAP state per prompt, always attended (``attention_mask.new_ones((batch_size, 1))``)
+            {"hidden_states": c, "hidden_states_1": h, "attention_mask": np.ones((1, 1), dtype=np.int64),
+             "attention_mask_1": mask} for c, h, (_, mask) in zip(clap, t5, t5_tokens)])
+        generated = self.generate_rows([(p["projected_hidden_states"], p["projected_attention_mask"])
+                                        for p in projected])
+        results = []
+        for i in range(len(prompts)):
+            rows = [i] if negatives[i] is None else [negative_row[i], i]
+            results.append({
+                "encoder_hidden_states": np.concatenate([generated[r] for r in rows]).astype(np.float32, copy=False),
+                "encoder_hidden_states_1": np.concatenate([t5[r] for r in rows]).astype(np.float32, copy=False),
+                "encoder_attention_mask_1": np.concatenate([t5_tokens[r][1] for r in rows]).astype(np.int64,
+                                                                                                    copy=False),
+            })
+        return results
 
-    def _audioldm2_branch(
-        self, text: str, t5_length: int | None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One prompt: ``(generated embeds, T5 hidden states, T5 mask)``.
-
-        ``t5_length`` None: the positive prompt (T5 padded to its own length); else the negative prompt,
-        padded (or truncated) to the positive prompt's T5 length.
-        """
-        ids, mask = self._tokenize(self.tokenizer, text, t5_length)
-        clap = self.run("text_encoder", {"input_ids": ids, "attention_mask": mask})["text_embeds"]
-        ids_2, mask_2 = self._tokenize(self.tokenizer_2, text, t5_length)
-        t5 = self.run("text_encoder_2", {"input_ids": ids_2, "attention_mask": mask_2})["last_hidden_state"]
-        projected = self.run(
-            "projection_model",
-            {
-                "hidden_states": clap,
-                "hidden_states_1": t5,
-                # One CLAP state per prompt, always attended (``attention_mask.new_ones((batch_size, 1))``).
-                "attention_mask": np.ones((clap.shape[0], 1), dtype=np.int64),
-                "attention_mask_1": mask_2,
-            },
-        )
-        generated = self.generate(projected["projected_hidden_states"], projected["projected_attention_mask"])
-        return generated, t5, mask_2
+    def _t5_states(self, tokens: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        """T5 hidden states per row: one call with the rows right-padded to the longest (pad id, masked out:
+        T5's relative positions of a row's own tokens do not change), each cut back to its own length."""
+        if self.tokenizer_2 is None:
+            raise EngineError("the AudioLDM2 conditioner needs tokenizer_2")
+        width = max(ids.shape[1] for ids, _ in tokens)
+        ids = np.concatenate([np.pad(i, ((0, 0), (0, width - i.shape[1])), constant_values=self.tokenizer_2.pad_id)
+                              for i, _ in tokens])
+        mask = np.concatenate([np.pad(m, ((0, 0), (0, width - m.shape[1]))) for _, m in tokens])
+        states = self.run("text_encoder_2", {"input_ids": ids, "attention_mask": mask})["last_hidden_state"]
+        return [states[r:r + 1, :i.shape[1]] for r, (i, _) in enumerate(tokens)]
 
     @staticmethod
     def _tokenize(
@@ -228,14 +279,30 @@ class TextConditioner:
 
     def generate(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """``generate_language_model``: append ``max_new_tokens`` hidden states; returns the new ones."""
-        steps = int(self.max_new_tokens or 0)
-        embeds, mask = (
-            inputs_embeds.astype(np.float32, copy=False),
-            attention_mask.astype(np.int64, copy=False),
-        )
-        for _ in range(steps):
-            step = self.run("language_model", {"inputs_embeds": embeds, "attention_mask": mask})
-            embeds = np.concatenate([embeds, step["next_hidden_state"]], axis=1)
-            mask = np.concatenate([mask, np.ones((mask.shape[0], 1), dtype=mask.dtype)], axis=1)
-        return embeds[:, -steps:, :]
+        return np.concatenate(self.generate_rows(list(zip(inputs_embeds[:, None], attention_mask[:, None]))))
 
+    def generate_rows(self, rows: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        """``generate`` of one-row ``(inputs_embeds, attention_mask)`` pairs of any lengths, as one batch.
+
+        The rows are left-padded to the longest (masked, so the last position, whose state the step returns, is
+        every row's own last token) and every token keeps the position ``arange`` gives it in the row alone, so
+        each row equals its run alone. Without ``position_ids`` in the stage, each row runs alone.
+        """
+        if not self.lm_position_ids and len(rows) > 1:
+            return [out for row in rows for out in self.generate_rows([row])]
+        steps = int(self.max_new_tokens or 0)
+        width = max(e.shape[1] for e, _ in rows)
+        embeds = np.concatenate([np.pad(e, ((0, 0), (width - e.shape[1], 0), (0, 0))) for e, _ in rows])
+        mask = np.concatenate([np.pad(m, ((0, 0), (width - m.shape[1], 0))) for _, m in rows])
+        positions = np.concatenate([np.pad(np.arange(e.shape[1], dtype=np.int64), (width - e.shape[1], 0))[None]
+                                    for e, _ in rows])
+        embeds, mask = embeds.astype(np.float32, copy=False), mask.astype(np.int64, copy=False)
+        for _ in range(steps):
+            feeds = {"inputs_embeds": embeds, "attention_mask": mask}
+            if self.lm_position_ids:
+                feeds["position_ids"] = positions
+            step = self.run("language_model", feeds)
+            embeds = np.concatenate([embeds, step["next_hidden_state"]], axis=1)
+            mask = np.concatenate([mask, np.ones((len(rows), 1), dtype=mask.dtype)], axis=1)
+            positions = np.concatenate([positions, positions[:, -1:] + 1], axis=1)
+        return [embeds[r:r + 1, embeds.shape[1] - steps:] for r in range(len(rows))]

@@ -89,9 +89,9 @@ class Sampler:
 
         Each request keeps its own prompt, negative prompt, guidance scale and seed (its own noise and its own
         LiteFocus samples, DESIGN.md §1), so its waveform is the same alone or batched with any others. The
-        requests must share ``batch_key`` (latent length, steps, scheduler, guidance mode). Text conditioning
-        runs per request (exactly as alone: the AudioLDM2 language model re-reads a sequence whose positions
-        depend on its own padding); the UNet, the VAE decoder and the vocoder run batched.
+        requests must share ``batch_key`` (latent length, steps, scheduler, guidance mode). Every stage runs
+        batched: the text stages (``TextConditioner.encode_batch``: each row as it is alone, the language model
+        with each row's own positions), the UNet, the VAE decoder and the vocoder.
 
         Raises:
             UsageError: requests that cannot share a batch, or more steps than the scheduler supports.
@@ -112,8 +112,9 @@ class Sampler:
         timings = self.timings = Timings()
         start = time.perf_counter()
 
-        cond = batch_conditioning([self.conditioner.encode(r.prompt, r.negative_prompt, g)
-                                   for r, g in zip(requests, guidance)], guided=guidance[0] > 1.0)
+        cond = batch_conditioning(self.conditioner.encode_batch([(r.prompt, r.negative_prompt, g)
+                                                                 for r, g in zip(requests, guidance)]),
+                                  guided=guidance[0] > 1.0)
         timings.conditioning = time.perf_counter() - start
         shape = (1, engines.latent_channels, frames, geometry.latent_freq_bins)
         if latents is None:

@@ -62,7 +62,7 @@ def engine(request, tiny_pipeline_factory, tmp_path_factory):
 def conditioner(engine, **kwargs) -> TextConditioner:
     _, kind, folder, max_new = engine
     return TextConditioner(folder, kind, kwargs.pop("run", None) or StageFiles(folder),
-                           max_new_tokens=kwargs.pop("max_new_tokens", max_new))
+                           max_new_tokens=kwargs.pop("max_new_tokens", max_new), **kwargs)
 
 
 def pipeline_conditioning(
@@ -110,8 +110,41 @@ class TestTextConditioner:
         kind, folder = engine[1], engine[2]
         run = StageFiles(folder)
         conditioner(engine, run=run).encode("a cat", "noise", 3.0)
-        assert run.calls.count("text_encoder") == 2
-        assert run.calls.count("language_model") == (16 if kind == "audioldm2" else 0)
+        # AudioLDM2: one CLAP call for both rows (both padded to the maximum); AudioLDM / MusicLDM pad the
+        # negative prompt to another width, so two
+        assert run.calls.count("text_encoder") == (1 if kind == "audioldm2" else 2)
+        assert run.calls.count("language_model") == (8 if kind == "audioldm2" else 0)
+
+    def test_a_batch_equals_each_request_alone(self, engine):
+        """Every case of CASES in one batch (different prompt lengths, guided and not): each result equals the
+        request encoded alone, and each text stage runs once per distinct input shape, the LM once per step."""
+        kind, folder = engine[1], engine[2]
+        run = StageFiles(folder)
+        batched = conditioner(engine, run=run).encode_batch(CASES)
+        for case, got in zip(CASES, batched):
+            alone = conditioner(engine).encode(*case)
+            assert_close(got, alone, rel=1e-5)
+        if kind == "audioldm2":
+            assert run.calls.count("language_model") == 8 and run.calls.count("text_encoder_2") == 1
+
+    def test_without_position_ids_the_lm_runs_per_row(self, engine):
+        """Engine folders exported before the LM step took position_ids: rows run one at a time, same result."""
+        kind, folder = engine[1], engine[2]
+        if kind != "audioldm2":
+            pytest.skip("only AudioLDM2 has a language model")
+        files = StageFiles(folder)
+
+        def old_runner(stage, feeds):  # an LM without the input: what it computes is arange positions
+            if stage == "language_model":
+                assert "position_ids" not in feeds
+                feeds = {**feeds, "position_ids": np.tile(np.arange(feeds["attention_mask"].shape[1]),
+                                                          (len(feeds["attention_mask"]), 1))}
+            return files(stage, feeds)
+
+        old = conditioner(engine, run=old_runner, lm_position_ids=False).encode_batch(CASES[:2])
+        for got, want in zip(old, conditioner(engine).encode_batch(CASES[:2])):
+            assert_close(got, want, rel=1e-5)
+        assert files.calls.count("language_model") == 8 * 4  # four rows, each alone
 
     def test_max_new_tokens_override(self, engine):
         pipe, kind, _, _ = engine

@@ -75,6 +75,22 @@ def test_runtime_matches_the_diffusers_pipeline(tiny_build, tiny_pipeline_factor
     assert np.abs(got - expected).max() / np.abs(expected).max() <= 1e-3
 
 
+def test_a_batch_equals_each_request_alone(tiny_build):
+    """Prompts of different lengths, negative prompts and guidance scales in one batch: every stage runs batched
+    (text stages included), and each waveform equals the request alone."""
+    engines, _, _ = tiny_build
+    sampler = Sampler(engines, progress=False)
+    requests = [GenerationRequest(prompt="rain", seconds=1.5, steps=2, seed=1),
+                GenerationRequest(prompt="a dog barking twice in a long empty hallway", seconds=1.5, steps=2, seed=2,
+                                  negative_prompt="low quality, noisy and muffled", guidance=5.0),
+                GenerationRequest(prompt="wind", seconds=1.5, steps=2, seed=3, guidance=2.0)]
+    batched = sampler.generate_batch(requests)
+    for request, waveform in zip(requests, batched):
+        alone = sampler(request)
+        assert waveform.shape == alone.shape
+        assert np.abs(waveform - alone).max() <= 1e-5 * np.abs(alone).max(), request
+
+
 @pytest.mark.parametrize("scheduler", ["ddim", "dpm"])
 def test_same_seed_same_audio(tiny_build, scheduler):
     engines, _, _ = tiny_build
