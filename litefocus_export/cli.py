@@ -238,10 +238,15 @@ def export_cmd(model, out, attention, sparse_ratio, levels, opset, precision, st
 @attention_options
 @click.option("--out", "out", type=click.Path(path_type=Path), default=Path("engines"), show_default=True,
               help="Folder the engine folder is built in (one subfolder per build, named by its settings).")
+@click.option("--skip-memory-check", is_flag=True,
+              help="Build even when one generation at the longest duration would need more memory than this "
+                   "machine has available (default: off, such an ONNX Runtime CPU build is refused in one line); "
+                   "use it to build here for a host with more memory.")
 @click.option("--force", is_flag=True, help=FORCE_HELP)
 def build(model, seconds, profile_text, backend, device, attention_impl, precision, attention, sparse_ratio,  # noqa: ANN001
-          levels, out, force) -> None:
-    """Export (cached) and build engines for one duration profile."""
+          levels, out, force, skip_memory_check) -> None:
+    """Export (cached) and build engines for one duration profile; refused when a generation at its longest
+    duration would not fit in this machine's available memory (unless --skip-memory-check)."""
     from .backends.build import BuildSettings, build_engines
     from .profiles import DurationProfile
 
@@ -250,7 +255,7 @@ def build(model, seconds, profile_text, backend, device, attention_impl, precisi
         raise UsageError("give --seconds or --profile, not both")
     profile = DurationProfile.parse(profile_text) if profile_text else DurationProfile.for_seconds(seconds or 10)
     settings = BuildSettings(model=model, profile=profile, backend=backend, device=device,
-                             attention_impl=attention_impl,
+                             attention_impl=attention_impl, skip_memory_check=skip_memory_check,
                              export=export_settings(attention, sparse_ratio, levels, precision=precision))
     folder = build_engines(settings, out, force=force)
     lo, opt, hi = profile.latent_frames()

@@ -3,7 +3,8 @@ its torch-free runner together, with its own support code.
 
 - ``onnxruntime/``: graph rewrites, ``OnnxRuntimeBackend`` (builder), ``OrtStage`` (runner);
 - ``tensorrt/``: version/plugin support, profile shapes, ``TensorRTBackend`` (builder), ``TrtStage`` (runner);
-- ``cache.py``: cache keys and folders; ``build.py``: ``build_engines`` (export, then one backend's build).
+- ``cache.py``: cache keys and folders; ``build.py``: ``build_engines`` (export, memory check, then one backend's
+  build); ``memory.py``: the peak memory of a generation on the engines, from the export's graphs.
 
 The runtime opens stages through :func:`open_stage`, by the backend an engine manifest names; importing
 this package loads no build code (``backends.build`` imports the export side).

@@ -23,6 +23,7 @@ from ..outputs import check_output_folder, path_lock, staged_folder
 from ..profiles import DurationProfile
 from . import BACKENDS
 from .cache import cache_key, cache_root, folder_name
+from .memory import check_generation_memory
 from .tensorrt.support import ATTENTION_IMPLS
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,9 @@ class BuildSettings:
         device: ONNX Runtime execution provider, ``"cpu"`` or ``"cuda"``.
         attention_impl: TensorRT's LiteFocus implementation, ``"native"`` or ``"plugin"``.
         export: the ONNX export settings (attention, ratio, levels, precision).
+        skip_memory_check: build even when a generation at the profile's longest duration would need more
+            memory than this machine has available (default False: refused, ``backends/memory.py``); for a
+            build made here for a host with more memory.
 
     Raises:
         UsageError: any value outside its choices, or of the wrong type.
@@ -54,6 +58,7 @@ class BuildSettings:
     device: Literal["cpu", "cuda"] = "cpu"
     attention_impl: Literal["plugin", "native"] = "native"
     export: ExportSettings = field(default_factory=ExportSettings)
+    skip_memory_check: bool = False
 
     def __post_init__(self) -> None:
         check_spec(self.model)
@@ -64,6 +69,8 @@ class BuildSettings:
             raise UsageError(f"profile must be a DurationProfile, got {type(self.profile).__name__}")
         if not isinstance(self.export, ExportSettings):
             raise UsageError(f"export must be ExportSettings, got {type(self.export).__name__}")
+        if not isinstance(self.skip_memory_check, bool):
+            raise UsageError(f"skip_memory_check must be True or False, got {self.skip_memory_check!r}")
 
 
 def export_folder(settings: BuildSettings, stages: tuple[str, ...] | None) -> Path:
@@ -168,7 +175,8 @@ def build_engines(settings: BuildSettings, out_root: str | os.PathLike = "engine
     The folder's name carries the engine key, so builds with other settings never overwrite each other. Two
     builds of one folder take turns (a lock): the second finds the first's result up to date. The folder is
     written in a partial folder beside it and renamed into place; one already there that is not an engine
-    or export folder is refused (``force`` replaces it).
+    or export folder is refused (``force`` replaces it). A profile whose longest generation would not fit in this
+    machine's available memory is refused before anything is written (:func:`check_memory`).
     """
     out_root = Path(out_root)
     if out_root.exists() and not out_root.is_dir():
@@ -177,6 +185,7 @@ def build_engines(settings: BuildSettings, out_root: str | os.PathLike = "engine
     target = check_output_folder(out_root / engine_folder_name(settings), force=force)
     export_dir = cached_export(settings)
     export_manifest = built_stages(settings, read_manifest(export_dir))
+    check_memory(settings, export_dir, export_manifest)
     key = engine_key(settings, export_manifest, backend.info)
     with path_lock(target):
         try:
@@ -206,6 +215,21 @@ def build_engines(settings: BuildSettings, out_root: str | os.PathLike = "engine
                     "build_seconds": round(time.perf_counter() - start, 2)}
             write_manifest(tmp, data, sorted(os.listdir(tmp)))
     return target
+
+
+def check_memory(settings: BuildSettings, export_dir: Path, export_manifest: dict[str, Any]) -> None:
+    """Refuse (``BuildError``) ONNX Runtime CPU engines whose generation at the profile's longest duration would
+    not fit in this machine's available memory (``memory.check_generation_memory``), unless skipped.
+
+    GPU engines (TensorRT, ONNX Runtime on CUDA) hold their activations in GPU memory, which this does not check.
+    """
+    if settings.skip_memory_check:
+        log.debug("memory check skipped (skip_memory_check)")
+        return
+    if settings.backend != "onnxruntime" or settings.device != "cpu":
+        log.info("memory: not checked for %s engines on the GPU", settings.backend)
+        return
+    check_generation_memory(export_dir, export_manifest, settings.profile.max_s)
 
 
 def _backend(settings: BuildSettings) -> Any:

@@ -65,7 +65,7 @@ class _Graph:
         self.users: dict[str, list[onnx.NodeProto]] = defaultdict(list)
         for node in graph.node:
             # a value read inside a subgraph (If/Loop body) counts as read by the node holding it
-            for name in {*node.input, *_subgraph_reads(node)}:
+            for name in {*node.input, *subgraph_reads(node)}:
                 self.users[name].append(node)
         self.outputs = {v.name for v in graph.output}
         self.types = types if types is not None else inferred_types(model)
@@ -142,13 +142,14 @@ class _Edit:
         return self.matches
 
 
-def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
+def subgraph_reads(node: onnx.NodeProto) -> set[str]:
+    """Values read inside ``node``'s subgraphs (If / Loop bodies): ``node`` reads them too."""
     names: set[str] = set()
     for attr in node.attribute:
         for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
             for inner in sub.node:
                 names.update(inner.input)
-                names.update(_subgraph_reads(inner))
+                names.update(subgraph_reads(inner))
     return names
 
 
