@@ -43,17 +43,23 @@ def check_steps(pipe: Any, request: GenerationRequest) -> None:
 
 
 def generate_torch(
-    pipe: Any, request: GenerationRequest, attention: Attention = "litefocus", config: Any = None
+    pipe: Any, request: GenerationRequest, attention: Attention = "litefocus", config: Any = None,
+    vocoder_chunk_frames: int | None = None,
 ) -> np.ndarray:
     """Run ``pipe`` for ``request``; returns the float32 waveform ``(num_samples,)``.
 
     With ``attention="litefocus"`` the pipeline is patched for the call (``config`` or the defaults)
-    and unpatched afterwards; samples come from the request's seed.
+    and unpatched afterwards; samples come from the request's seed. The vocoder decodes in exact chunks of
+    ``vocoder_chunk_frames`` mel frames (default ``runtime.decode.DEFAULT_CHUNK_FRAMES``; 0: one shot, the stock
+    pipeline), so its memory does not grow with the clip; the waveform is the same to float rounding.
     """
+    import contextlib
+
     import torch
 
     from .attention import LiteFocusConfig, RandomSamples, patched
     from .models import pipeline_geometry
+    from .runtime.decode import DEFAULT_CHUNK_FRAMES, chunked_torch_vocoder
 
     check_steps(pipe, request)
     geometry = pipeline_geometry(pipe)
@@ -69,8 +75,9 @@ def generate_torch(
     if request.guidance is not None:
         kwargs["guidance_scale"] = request.guidance
 
+    chunk = DEFAULT_CHUNK_FRAMES if vocoder_chunk_frames is None else int(vocoder_chunk_frames)
     start = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), (chunked_torch_vocoder(pipe.vocoder, chunk) if chunk else contextlib.nullcontext()):
         if attention == "full":
             audio = pipe(request.prompt, **kwargs).audios
         else:

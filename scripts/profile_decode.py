@@ -7,6 +7,11 @@ Runs each stage once (after one warm-up run at a short length, so session set-up
 inputs of the requested length with ``SessionOptions.enable_profiling`` and the engine's own session settings
 (``OrtStage``), then prints, per stage, the time by operator type and the ten slowest nodes. With
 ``--chunk-frames`` the vocoder runs in chunks of that many mel frames (``runtime.decode``).
+
+    python scripts/profile_decode.py --torch random:audioldm2 [--seconds 80] [--threads 2]
+
+profiles the same stages of the PyTorch pipeline instead (``vae.decode`` and the vocoder, one shot, with
+``torch.profiler``): time by aten operator (self CPU time), on inputs of the same shapes.
 """
 
 from __future__ import annotations
@@ -56,14 +61,53 @@ def profile_stage(path: Path, feeds: dict[str, np.ndarray], warm: dict[str, np.n
     return seconds, dict(by_op), sorted(nodes.items(), key=lambda kv: -kv[1])[:10]
 
 
+def profile_torch(model: str, seconds: float, threads: int, stages: list[str]) -> None:
+    """``torch.profiler`` over the PyTorch pipeline's VAE decoder and vocoder at ``seconds``."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from litefocus_export.models import load_pipeline, pipeline_geometry
+
+    torch.set_num_threads(threads)
+    pipe = load_pipeline(model)
+    geometry = pipeline_geometry(pipe)
+    frames = geometry.latent_frames(seconds)
+    latents = torch.randn(1, pipe.vae.config.latent_channels, frames, geometry.latent_freq_bins)
+    mel = torch.randn(1, frames * geometry.vae_scale, geometry.mel_bins)
+    calls = {"vae_decoder": (lambda x: pipe.vae.decode(x).sample, latents, latents[:, :, :8]),
+             "vocoder": (pipe.vocoder, mel, mel[:, :32])}
+    for name in stages:
+        fn, x, warm = calls[name]
+        with torch.inference_mode():
+            fn(warm)
+            start = time.perf_counter()
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                fn(x)
+            wall = time.perf_counter() - start
+        events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+        total = sum(e.self_cpu_time_total for e in events) / 1e6
+        print(f"\n{name} (torch), {seconds:g} s, {threads} threads: {wall:.2f} s wall (profiled), "
+              f"{total:.2f} s self CPU")
+        for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]:
+            value = e.self_cpu_time_total / 1e6
+            print(f"  {e.key:40s} {value:8.2f} s  {100 * value / total:5.1f}%  ({e.count} calls)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("engines")
+    parser.add_argument("engines", nargs="?", help="engine folder (ONNX Runtime); not with --torch")
+    parser.add_argument("--torch", metavar="MODEL", help="profile this model's PyTorch pipeline instead")
     parser.add_argument("--seconds", type=float, default=80.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--stages", default="vae_decoder,vocoder")
     parser.add_argument("--chunk-frames", type=int, default=0)
     args = parser.parse_args()
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    if (args.torch is None) == (args.engines is None):
+        parser.error("give an engine folder or --torch MODEL")
+    if args.torch:
+        profile_torch(args.torch, args.seconds, args.threads, stages)
+        return
 
     from litefocus_export.manifest import read_manifest
     from litefocus_export.runtime.decode import chunked_vocode
@@ -74,7 +118,7 @@ def main() -> None:
     geometry = manifest["geometry"]
     mel_frames = int(np.ceil(args.seconds * geometry["sample_rate"] / geometry["hop_length"] / 4)) * 4
     rng = np.random.default_rng(0)
-    for name in [s.strip() for s in args.stages.split(",") if s.strip()]:
+    for name in stages:
         stage = manifest["stages"][name]
         if name == "vae_decoder":
             shape = (1, geometry["latent_channels"], mel_frames // 4, geometry["mel_bins"] // 4)

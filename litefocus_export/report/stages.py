@@ -150,8 +150,10 @@ class TorchGeneration:
         targets = {"unet": (pipe.unet, "forward"), "vae": (pipe.vae, "decode"), "vocoder": (pipe.vocoder, "forward")}
         with timed_calls(targets) as spans:
             start = time.perf_counter()
+            # full attention is the stock pipeline: its vocoder in one shot; the LiteFocus path chunks it
             waveform = generate_torch(pipe, _request(self.job, steps), attention=self.job["attention"],
-                                      config=self.config)
+                                      config=self.config,
+                                      vocoder_chunk_frames=0 if self.job["attention"] == "full" else None)
             total = time.perf_counter() - start
         first_unet, decode_start = spans["unet"][0][0], spans["vae"][0][0]
         stages = {"conditioning_s": first_unet - start, "unet_steps_s": decode_start - first_unet,

@@ -79,6 +79,25 @@ def test_torch_chunks_equal_one_shot(vocoder, frames):
     assert "forward" not in vars(vocoder)  # the pipeline's vocoder is itself again
 
 
+def test_generate_torch_chunks_the_vocoder_by_default(tiny_pipeline_factory, monkeypatch):
+    """The PyTorch path decodes in chunks unless told 0 (the stock pipeline), with the same waveform."""
+    from litefocus_export import pytorch
+    from litefocus_export.request import GenerationRequest
+    from litefocus_export.runtime import decode
+
+    pipe = tiny_pipeline_factory("random:audioldm2-tiny")
+    request = GenerationRequest(prompt="rain", seconds=2.0, steps=2, seed=3)  # 200 mel frames
+    calls = []
+    forward = pipe.vocoder.forward
+    monkeypatch.setattr(pipe.vocoder, "forward", lambda mel, *a, **k: calls.append(mel.shape[1]) or forward(mel))
+    stock = pytorch.generate_torch(pipe, request, vocoder_chunk_frames=0)
+    assert calls == [200]
+    monkeypatch.setattr(decode, "DEFAULT_CHUNK_FRAMES", 64)
+    chunked = pytorch.generate_torch(pipe, request)
+    assert len(calls) > 2 and max(calls[1:]) <= 64 + 2 * 23
+    assert relative(chunked, stock) <= 1e-5
+
+
 def test_ort_chunks_equal_one_shot_and_torch(vocoder, vocoder_onnx):
     path, description = vocoder_onnx
     field = VocoderField.from_json(description["metadata"][VOCODER_FIELD_KEY])
