@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .contract import VOCODER_FIELD_KEY
 from .errors import EngineError, UsageError
+
+# Mel frames per vocoder chunk (0: one shot), read by the runtime's decoder and the build's memory estimate;
+# ``LITEFOCUS_VOCODER_CHUNK`` overrides it (benchmarks). Any value gives the same waveform (to float rounding);
+# 1000 was the fastest at 80 s on random:audioldm2 (README "Exact chunked vocoder").
+DEFAULT_CHUNK_FRAMES = int(os.environ.get("LITEFOCUS_VOCODER_CHUNK", "1000") or 0)
 
 
 @dataclass(frozen=True)

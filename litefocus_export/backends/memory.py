@@ -372,10 +372,9 @@ def stage_input_shapes(export_dir: Path, manifest: Mapping[str, Any], seconds: f
                        chunk_frames: int | None = None) -> dict[str, dict[str, tuple[int, ...]]]:
     """Every stage's input shapes in a generation of ``seconds`` (module docstring), from the export manifest.
 
-    ``chunk_frames``: the vocoder's chunk in mel frames (default the runtime's, ``decode.DEFAULT_CHUNK_FRAMES``).
+    ``chunk_frames``: the vocoder's chunk in mel frames (default the runtime's, ``DEFAULT_CHUNK_FRAMES``).
     """
-    from ..runtime.decode import DEFAULT_CHUNK_FRAMES
-    from ..vocoder_field import VocoderField
+    from ..vocoder_field import DEFAULT_CHUNK_FRAMES, VocoderField
     from .tensorrt.profiles import profile_shapes, text_token_ranges
 
     g = manifest["geometry"]

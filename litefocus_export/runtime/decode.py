@@ -15,19 +15,16 @@ chunk's statistics differ from the clip's (no exact chunking).
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
 
 from ..errors import UsageError
-from ..vocoder_field import VocoderField
+from ..vocoder_field import DEFAULT_CHUNK_FRAMES, VocoderField
 from .conditioning import StageRunner
 
-# Mel frames per vocoder chunk (0: one-shot), ``LITEFOCUS_VOCODER_CHUNK`` overrides it (benchmarks). Any
-# value gives the same waveform (to float rounding); measured at 80 s on random:audioldm2: README "Decode".
-DEFAULT_CHUNK_FRAMES = int(os.environ.get("LITEFOCUS_VOCODER_CHUNK", "1000") or 0)
+__all__ = ["DEFAULT_CHUNK_FRAMES", "AudioDecoder", "chunked_torch_vocoder", "chunked_vocode", "trim_waveform"]
 
 Array = TypeVar("Array")
 
