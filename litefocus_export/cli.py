@@ -73,9 +73,12 @@ def _terminate(signum: int, frame: object) -> None:
 
 def quiet_third_parties() -> None:
     """Third-party warnings and log lines only with --debug: ours say what matters, in one line."""
+    import os
     import warnings
 
     warnings.filterwarnings("ignore")
+    # torch sets its loggers' levels when imported (after this runs): its own switch keeps them at ERROR
+    os.environ.setdefault("TORCH_LOGS", "-all")
     for noisy in ("diffusers", "transformers", "torch", "onnxscript", "onnx_ir", "polygraphy", "onnxruntime"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 

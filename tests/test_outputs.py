@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 import signal
 import socket
@@ -232,6 +233,19 @@ def cli(*args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
 
 
 class TestProcesses:
+    @pytest.mark.parametrize("debug", [False, True])
+    def test_torch_loggers_stay_quiet_after_torch_loads(self, debug):
+        """torch sets its loggers' levels when it is imported, after the CLI quieted them (the exporter's
+        torchvision lines reached `build`'s output): they stay at ERROR, unless --debug."""
+        args = ["--debug", "inspect", "--help"] if debug else ["inspect", "--help"]
+        code = ("import logging, os\nfrom litefocus_export.cli import main\n"
+                f"try:\n    main({args!r})\n"
+                "except SystemExit:\n    pass\nimport torch.onnx\n"
+                "print(logging.getLogger('torch.onnx._internal.exporter._registration').getEffectiveLevel())")
+        env = {k: v for k, v in os.environ.items() if k != "TORCH_LOGS"}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+        assert int(out.stdout.split()[-1]) == (logging.WARNING if debug else logging.ERROR)
+
     def test_sigterm_removes_the_partial_folder(self, tmp_path):
         out = tmp_path / "export"
         proc = cli("export", "--stages", "unet", "--out", str(out), env={"LITEFOCUS_CACHE": str(tmp_path / "c")})
