@@ -168,6 +168,8 @@ def _stage(name: str, value: Any, where: str, files: dict[str, Any], kind: str) 
         layer = _dict(layer, f"{where}.litefocus_layers[{i}]")
         _field(layer, "level", f"{where}.litefocus_layers[{i}]", _int(0, 64))
         _field(layer, "width", f"{where}.litefocus_layers[{i}]", _int(1, 1 << 16))
+    if "max_batch" in stage:  # engines built for a fixed batch range (TensorRT profiles)
+        _field(stage, "max_batch", where, _int(1, 1 << 16))
     metadata = _dict(stage.get("metadata", {}), f"{where}.metadata")
     if not all(isinstance(v, str) for v in metadata.values()):
         raise ManifestError(f"{where}.metadata values must be text")

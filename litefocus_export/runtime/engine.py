@@ -77,6 +77,13 @@ class EngineFolder:
             raise EngineError(f"{self.folder} has no {name} stage (stages: "
                               f"{', '.join(self.manifest['stages'])})") from None
 
+    @property
+    def max_batch(self) -> int | None:
+        """The most batch rows every stage takes (the smallest ``max_batch`` a stage records: TensorRT engines
+        are built for a batch range); None when no stage has a limit."""
+        limits = [int(stage["max_batch"]) for stage in self.manifest["stages"].values() if "max_batch" in stage]
+        return min(limits) if limits else None
+
     def runner(self, name: str) -> Stage:
         """A callable ``feeds -> {output name: array}`` for stage ``name`` (opened at load)."""
         if name not in self._runners:

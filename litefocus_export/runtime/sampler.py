@@ -79,6 +79,12 @@ class Sampler:
         frames = self.engines.geometry.latent_frames(request.seconds)
         return frames, request.steps, request.scheduler, self.guidance(request) > 1.0
 
+    def max_requests(self, guided: bool) -> int | None:
+        """How many requests one batch may hold: every stage's batch limit (``EngineFolder.max_batch``) over the
+        rows a request takes (two with guidance: text stages and UNet); None: no limit."""
+        rows = self.engines.max_batch
+        return None if rows is None else max(rows // (2 if guided else 1), 1)
+
     def guidance(self, request: GenerationRequest) -> float:
         """The request's guidance scale, or the pipeline's default."""
         return DEFAULT_GUIDANCE[self.engines.kind] if request.guidance is None else request.guidance
@@ -89,7 +95,8 @@ class Sampler:
 
         Each request keeps its own prompt, negative prompt, guidance scale and seed (its own noise and its own
         LiteFocus samples, DESIGN.md §1), so its waveform is the same alone or batched with any others. The
-        requests must share ``batch_key`` (latent length, steps, scheduler, guidance mode). Every stage runs
+        requests must share ``batch_key`` (latent length, steps, scheduler, guidance mode); more requests than
+        the engines' batch limit (``max_requests``: TensorRT profiles) run as consecutive sub-batches. Every stage runs
         batched: the text stages (``TextConditioner.encode_batch``: each row as it is alone, the language model
         with each row's own positions), the UNet, the VAE decoder and the vocoder.
 
@@ -106,9 +113,13 @@ class Sampler:
             engines.check_covers(request.seconds)
         scheduler = self.scheduler(requests[0].scheduler)
         scheduler.set_timesteps(requests[0].steps)  # the scheduler's own step limit, before any stage runs
+        guidance = [self.guidance(r) for r in requests]
+        limit = self.max_requests(guidance[0] > 1.0)
+        if limit is not None and len(requests) > limit:  # engines built for fewer rows: consecutive sub-batches
+            return [waveform for i in range(0, len(requests), limit) for waveform in self.generate_batch(
+                requests[i:i + limit], None if latents is None else latents[i:i + limit])]
         frames = geometry.latent_frames(requests[0].seconds)
         streams = [seeded_streams(r.seed) for r in requests]
-        guidance = [self.guidance(r) for r in requests]
         timings = self.timings = Timings()
         start = time.perf_counter()
 

@@ -91,6 +91,34 @@ def test_a_batch_equals_each_request_alone(tiny_build):
         assert np.abs(waveform - alone).max() <= 1e-5 * np.abs(alone).max(), request
 
 
+def test_engines_with_a_batch_limit_run_sub_batches(tiny_build, tmp_path):
+    """Stages built for at most 2 rows (what a TensorRT build records): three guided requests run one at a
+    time, each equal to the request alone; a bad limit is refused in one line."""
+    engines, _, _ = tiny_build
+    copy = tmp_path / "engines"
+    shutil.copytree(engines, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for stage in manifest["stages"].values():
+        stage["max_batch"] = 2
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    sampler = Sampler(copy, progress=False)
+    assert sampler.engines.max_batch == 2 and sampler.max_requests(True) == 1 and sampler.max_requests(False) == 2
+    rows = []
+    step = sampler.engines.unet_step
+    sampler.engines.unet_step = lambda feeds, *a: rows.append(len(feeds["sample"])) or step(feeds, *a)
+    requests = [GenerationRequest(prompt=p, seconds=1.5, steps=2, seed=i)
+                for i, p in enumerate(["rain", "wind", "sea"])]
+    batched = sampler.generate_batch(requests)
+    assert rows == [2] * 6  # 3 sub-batches x 2 steps, never more than 2 rows
+    for request, waveform in zip(requests, batched):
+        alone = Sampler(engines, progress=False)(request)
+        assert np.abs(waveform - alone).max() <= 1e-5 * np.abs(alone).max()
+    manifest["stages"]["unet"]["max_batch"] = 0
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EngineError, match="max_batch"):
+        Sampler(copy, progress=False)
+
+
 @pytest.mark.parametrize("scheduler", ["ddim", "dpm"])
 def test_same_seed_same_audio(tiny_build, scheduler):
     engines, _, _ = tiny_build

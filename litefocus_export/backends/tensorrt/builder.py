@@ -28,7 +28,7 @@ from typing import Any, Literal
 from ...contract import OP_DOMAIN, OP_TYPE, PLUGIN_NAMESPACE
 from ...errors import BuildError, UsageError, first_line
 from ..cache import cache_root
-from .profiles import ShapeRange, create_config, profile_shapes, text_token_ranges
+from .profiles import PROFILE_BATCH, ShapeRange, create_config, profile_shapes, text_token_ranges
 from .support import ATTENTION_IMPLS, MIN_NATIVE_VERSION, cuda_devices, plugin_module
 from .support import require_tensorrt as _require_tensorrt
 
@@ -231,6 +231,6 @@ class TensorRTBackend:
             TrtEngineFromOnnx(export_dir / desc["file"], out / engine, shapes,
                               precision=export_manifest["precision"], timing_cache=cache,
                               attention_impl=self.attention_impl)()
-            stages[name] = {**desc, "engine": engine}
+            stages[name] = {**desc, "engine": engine, "max_batch": PROFILE_BATCH}
         return stages
 

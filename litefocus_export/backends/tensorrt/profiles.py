@@ -21,6 +21,11 @@ ShapeRange = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
 PROJECTION_EXTRA_TOKENS = 5
 
 
+# Batch rows a TensorRT profile takes by default: (1, 2, 2), one guided request ([negative, prompt]); the builder
+# records it as each stage's ``max_batch`` so the sampler never sends more rows (``Sampler.max_requests``).
+PROFILE_BATCH = 2
+
+
 def _triple(value: int | Sequence[int], what: str, minimum: int = 1) -> tuple[int, int, int]:
     values = tuple(int(v) for v in value) if isinstance(value, Sequence) else (1, int(value), int(value))
     if len(values) != 3 or not minimum <= values[0] <= values[1] <= values[2]:
@@ -67,7 +72,7 @@ def _dim_ranges(stage: str, frames: tuple[int, int, int], batch: tuple[int, int,
 
 
 def profile_shapes(stage: str, inputs: Mapping[str, Mapping[str, Any]], frames: Sequence[int], *,
-                   batch: int | Sequence[int] = 2, text_tokens: Sequence[int] = (1, 64, 512),
+                   batch: int | Sequence[int] = PROFILE_BATCH, text_tokens: Sequence[int] = (1, 64, 512),
                    lm_tokens: Sequence[int] = (8, 8, 8), litefocus: Mapping[str, Any] | None = None,
                    layers: Sequence[Mapping[str, Any]] | None = None, vae_scale: int = VAE_SCALE,
                    dims: Mapping[str, Sequence[int]] | None = None) -> dict[str, ShapeRange]:
