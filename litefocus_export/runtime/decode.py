@@ -89,25 +89,34 @@ def chunked_torch_vocoder(vocoder: Any, chunk_frames: int = DEFAULT_CHUNK_FRAMES
 
 
 class AudioDecoder:
-    """``decode(latents) -> waveform``: VAE decoder (one run), then the vocoder (chunked when it can be).
+    """``decode(latents) -> waveform``: VAE decoder, then the vocoder (chunked when it can be).
 
     Args:
         run: runs a stage by name (``EngineFolder.run``).
         vocoder_field: the vocoder's receptive field (``VocoderField.from_stage``); None: one-shot vocoder.
         chunk_frames: mel frames per vocoder chunk (0: one-shot).
+        rows_per_run: batch rows per VAE decoder / vocoder run (None: the whole batch in one run). On CPU one
+            row at a time is faster: 4 real-size 10 s clips decoded in 21.5 s one by one vs 25.9 s as one batch
+            (ONNX Runtime, 2 threads: the batched activations leave the caches).
     """
 
     def __init__(self, run: StageRunner, vocoder_field: VocoderField | None = None,
-                 chunk_frames: int = DEFAULT_CHUNK_FRAMES) -> None:
+                 chunk_frames: int = DEFAULT_CHUNK_FRAMES, rows_per_run: int | None = None) -> None:
         if chunk_frames < 0:
             raise UsageError(f"chunk_frames must be positive (or 0: one-shot), got {chunk_frames}")
+        if rows_per_run is not None and rows_per_run < 1:
+            raise UsageError(f"rows_per_run must be at least 1 (or None: all), got {rows_per_run}")
         self.run, self.vocoder_field, self.chunk_frames = run, vocoder_field, chunk_frames
+        self.rows_per_run = rows_per_run
 
     @classmethod
     def for_engines(cls, engines: Any, chunk_frames: int = DEFAULT_CHUNK_FRAMES) -> AudioDecoder:
-        """The decoder of an ``EngineFolder``: its ``run``, and the field its vocoder stage records."""
+        """The decoder of an ``EngineFolder``: its ``run``, the field its vocoder stage records, one row per run
+        on ONNX Runtime's CPU provider (measured faster), the batch's rows together elsewhere."""
         field = VocoderField.from_stage(engines.stage("vocoder")) if "vocoder" in engines.manifest["stages"] else None
-        return cls(engines.run, field, chunk_frames)
+        backend = engines.manifest["backend"]
+        on_cpu = backend["name"] == "onnxruntime" and backend.get("device", "cpu") == "cpu"
+        return cls(engines.run, field, chunk_frames, rows_per_run=1 if on_cpu else None)
 
     def mel(self, latents: np.ndarray) -> np.ndarray:
         """Latents ``(B, C, T_lat, F_lat)`` -> mel spectrogram ``(B, 1, T_mel, mel_bins)`` (float32)."""
@@ -125,7 +134,8 @@ class AudioDecoder:
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
         """Latents ``(B, C, T_lat, F_lat)`` -> float32 waveform ``(B, samples)`` (not trimmed)."""
-        return self.vocode(self.mel(latents))
+        step = self.rows_per_run or len(latents) or 1
+        return np.concatenate([self.vocode(self.mel(latents[i:i + step])) for i in range(0, len(latents), step)])
 
     __call__ = decode
 

@@ -195,7 +195,8 @@ class TestTextTokenizer:
 
 
 class TestAudioDecoder:
-    def test_matches_the_pipeline(self, engine):
+    @pytest.mark.parametrize("rows_per_run", [None, 1])
+    def test_matches_the_pipeline(self, engine, rows_per_run):
         pipe, _, folder, _ = engine
         latents = np.random.default_rng(0).standard_normal((2, 8, 13, 16)).astype(np.float32)
         with torch.no_grad():
@@ -205,7 +206,9 @@ class TestAudioDecoder:
                     pipe.decode_latents(torch.from_numpy(latents)), mel, rtol=0, atol=0
                 )
             want = pipe.mel_spectrogram_to_waveform(mel).numpy()
-        got = AudioDecoder(StageFiles(folder)).decode(latents)
+        run = StageFiles(folder)
+        got = AudioDecoder(run, rows_per_run=rows_per_run).decode(latents)
+        assert run.calls.count("vae_decoder") == (2 if rows_per_run == 1 else 1)
         assert got.dtype == np.float32 and got.shape == want.shape
         assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
 

@@ -102,6 +102,7 @@ def test_engines_with_a_batch_limit_run_sub_batches(tiny_build, tmp_path):
         stage["max_batch"] = 2
     (copy / "manifest.json").write_text(json.dumps(manifest))
     sampler = Sampler(copy, progress=False)
+    assert Sampler(engines, progress=False).decoder.rows_per_run == 1  # ONNX Runtime on CPU: one row per run
     assert sampler.engines.max_batch == 2 and sampler.max_requests(True) == 1 and sampler.max_requests(False) == 2
     rows = []
     step = sampler.engines.unet_step
