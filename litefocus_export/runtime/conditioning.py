@@ -175,6 +175,8 @@ class TextConditioner:
     ) -> list[dict[str, np.ndarray]]:
         """``encode`` of several ``(prompt, negative_prompt, guidance)`` at once, the text stages batched across
         requests; each result is what ``encode`` gives that request alone."""
+        if not requests:
+            return []
         prompts, negatives = [], []
         for prompt, negative_prompt, guidance in requests:
             _check_text(prompt, negative_prompt)
@@ -277,12 +279,9 @@ class TextConditioner:
         length = tok.model_max_length if tok.pads_to_max_length else negative_length
         return tok(text, max_length=length, padding="max_length")
 
-    def generate(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        """``generate_language_model``: append ``max_new_tokens`` hidden states; returns the new ones."""
-        return np.concatenate(self.generate_rows(list(zip(inputs_embeds[:, None], attention_mask[:, None]))))
-
     def generate_rows(self, rows: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
-        """``generate`` of one-row ``(inputs_embeds, attention_mask)`` pairs of any lengths, as one batch.
+        """``generate_language_model`` (append ``max_new_tokens`` hidden states, return the new ones) for one-row
+        ``(inputs_embeds, attention_mask)`` pairs of any lengths, as one batch.
 
         The rows are left-padded to the longest (masked, so the last position, whose state the step returns, is
         every row's own last token) and every token keeps the position ``arange`` gives it in the row alone, so
