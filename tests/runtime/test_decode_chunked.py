@@ -117,7 +117,7 @@ def test_engine_folder_without_a_field_decodes_one_shot():
     calls = []
 
     class Engines:
-        manifest = {"stages": {"vocoder": {"metadata": {}}}}
+        manifest = {"backend": {"name": "onnxruntime", "device": "cpu"}, "stages": {"vocoder": {"metadata": {}}}}
 
         def stage(self, name):
             return self.manifest["stages"][name]
