@@ -19,6 +19,7 @@ from .contract import DEFAULT_LEVELS, DEFAULT_SPARSE_RATIO, MIN_OPSET, check_lev
 from .errors import LiteFocusError, UsageError
 from .models.specs import DEFAULT_SPEC as DEFAULT_MODEL
 from .models.specs import check_spec
+from .outputs import check_not_terminated, request_termination
 
 log = logging.getLogger("litefocus_export")
 DEFAULT_LEVELS_TEXT = ",".join(map(str, DEFAULT_LEVELS))
@@ -34,7 +35,9 @@ class Group(click.Group):
 
     def invoke(self, ctx: click.Context):  # noqa: ANN201
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            check_not_terminated()  # a SIGTERM whose SystemExit was dropped still ends in 128 + signal
+            return result
         except LiteFocusError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
@@ -68,7 +71,7 @@ def main(ctx: click.Context, debug: bool, quiet: bool) -> None:
 
 
 def _terminate(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
+    request_termination(signum)
 
 
 def quiet_third_parties() -> None:

@@ -12,6 +12,9 @@
 - What this creates gets the permissions the umask gives (not ``mkstemp``'s 0600 / ``mkdtemp``'s 0700).
 - Every check runs before any work: ``check_output_folder`` / ``check_output_file`` raise a one-line
   ``UsageError``.
+- A stop request (the CLI's SIGTERM handler, :func:`request_termination`) is remembered as well as raised: a
+  ``SystemExit`` raised while Python runs a destructor or a callback is printed and dropped, so nothing is renamed
+  into place after one (:func:`check_not_terminated`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NoReturn
 
 from .errors import UsageError
 
@@ -190,6 +193,22 @@ def replace_folder(tmp: Path, out_dir: Path, *, force: bool = False, kinds: tupl
         shutil.rmtree(old, ignore_errors=True)
 
 
+_terminated_by: int | None = None  # the signal that asked this process to stop
+
+
+def request_termination(signum: int) -> NoReturn:
+    """Remember that signal ``signum`` asked this process to stop, and unwind (``SystemExit(128 + signum)``)."""
+    global _terminated_by
+    _terminated_by = signum
+    raise SystemExit(128 + signum)
+
+
+def check_not_terminated() -> None:
+    """``SystemExit`` again if a stop was requested: its first one may have been dropped (module docstring)."""
+    if _terminated_by is not None:
+        raise SystemExit(128 + _terminated_by)
+
+
 @contextlib.contextmanager
 def staged_folder(target: Path, *, force: bool = False, kinds: tuple[str, ...] = OURS) -> Iterator[Path]:
     """Build ``target`` in a partial folder and rename it into place when the block ends without error.
@@ -201,6 +220,7 @@ def staged_folder(target: Path, *, force: bool = False, kinds: tuple[str, ...] =
     tmp = partial_folder(target)
     try:
         yield tmp
+        check_not_terminated()
         replace_folder(tmp, target, force=force, kinds=kinds)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -265,6 +285,7 @@ def write_output(output: OutputFile, data: bytes) -> None:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
             follow_umask(tmp, folder=False)
+            check_not_terminated()
             os.replace(tmp, target)
         except BaseException:
             tmp.unlink(missing_ok=True)

@@ -232,6 +232,24 @@ def cli(*args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
                             env={**os.environ, **(env or {})}, **kwargs)
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_dropped_stop_request_still_stops_the_rename(tmp_path, monkeypatch, litefocus_cache):
+    """A SIGTERM's SystemExit raised inside a destructor is printed and dropped by Python: the rename into place
+    still refuses, the partial folder goes, the exit code is 128 + signal."""
+    monkeypatch.setattr(outputs, "_terminated_by", None)
+
+    class Dropper:
+        def __del__(self):
+            outputs.request_termination(signal.SIGTERM)
+
+    target = tmp_path / "out"
+    with pytest.raises(SystemExit) as stopped, outputs.path_lock(target), outputs.staged_folder(target) as tmp:
+        (tmp / "manifest.json").write_text("{}")
+        Dropper()  # destroyed at once: its SystemExit never reaches this frame
+        assert outputs._terminated_by == signal.SIGTERM
+    assert stopped.value.code == 128 + signal.SIGTERM and list(tmp_path.iterdir()) == []
+
+
 class TestProcesses:
     @pytest.mark.parametrize("debug", [False, True])
     def test_torch_loggers_stay_quiet_after_torch_loads(self, debug):
