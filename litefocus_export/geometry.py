@@ -71,6 +71,12 @@ class AudioGeometry:
                    vae_scale=2 ** (len(get(vae, "block_out_channels")) - 1),
                    mel_bins=int(get(vocoder, "model_in_dim")))
 
+    @classmethod
+    def from_manifest(cls, geometry: Mapping[str, Any]) -> AudioGeometry:
+        """The geometry an export or engine manifest records (its ``geometry`` entry)."""
+        return cls(int(geometry["sample_rate"]), int(geometry["hop_length"]), int(geometry["vae_scale"]),
+                   int(geometry["mel_bins"]))
+
 
 DEFAULT_GEOMETRY = AudioGeometry()
 

@@ -109,24 +109,26 @@ def main() -> None:
         profile_torch(args.torch, args.seconds, args.threads, stages)
         return
 
+    from litefocus_export.geometry import AudioGeometry
     from litefocus_export.manifest import read_manifest
     from litefocus_export.runtime.decode import chunked_vocode
     from litefocus_export.vocoder_field import VocoderField
 
     folder = Path(args.engines)
     manifest = read_manifest(folder)
-    geometry = manifest["geometry"]
-    mel_frames = int(np.ceil(args.seconds * geometry["sample_rate"] / geometry["hop_length"] / 4)) * 4
+    geometry = AudioGeometry.from_manifest(manifest["geometry"])
+    mel_frames = geometry.mel_frames(args.seconds)
     rng = np.random.default_rng(0)
     for name in stages:
         stage = manifest["stages"][name]
         if name == "vae_decoder":
-            shape = (1, geometry["latent_channels"], mel_frames // 4, geometry["mel_bins"] // 4)
+            shape = (1, int(manifest["geometry"]["latent_channels"]), geometry.latent_frames(args.seconds),
+                     geometry.latent_freq_bins)
             feeds, warm = {"latents": rng.standard_normal(shape, dtype=np.float32)}, {
                 "latents": rng.standard_normal((*shape[:2], 8, shape[3]), dtype=np.float32)}
             run = None
         else:
-            feeds = {"mel": rng.standard_normal((1, 1, mel_frames, geometry["mel_bins"]), dtype=np.float32)}
+            feeds = {"mel": rng.standard_normal((1, 1, mel_frames, geometry.mel_bins), dtype=np.float32)}
             warm = {"mel": feeds["mel"][:, :, :32]}
             field = VocoderField.from_stage(stage)
 

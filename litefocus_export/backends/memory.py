@@ -377,8 +377,7 @@ def stage_input_shapes(export_dir: Path, manifest: Mapping[str, Any], seconds: f
     from ..vocoder_field import DEFAULT_CHUNK_FRAMES, VocoderField
     from .tensorrt.profiles import profile_shapes, text_token_ranges
 
-    g = manifest["geometry"]
-    geometry = AudioGeometry(g["sample_rate"], g["hop_length"], g["vae_scale"], g["mel_bins"])
+    geometry = AudioGeometry.from_manifest(manifest["geometry"])
     frames, mel = geometry.latent_frames(seconds), geometry.mel_frames(seconds)
     chunk = DEFAULT_CHUNK_FRAMES if chunk_frames is None else chunk_frames
     tokens = text_token_ranges(export_dir)

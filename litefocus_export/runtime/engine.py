@@ -50,8 +50,7 @@ class EngineFolder:
 
     @property
     def geometry(self) -> AudioGeometry:
-        data = self.manifest["geometry"]
-        return AudioGeometry(data["sample_rate"], data["hop_length"], data["vae_scale"], data["mel_bins"])
+        return AudioGeometry.from_manifest(self.manifest["geometry"])
 
     @property
     def latent_channels(self) -> int:
