@@ -96,9 +96,10 @@ class Sampler:
         Each request keeps its own prompt, negative prompt, guidance scale and seed (its own noise and its own
         LiteFocus samples, DESIGN.md §1), so its waveform is the same alone or batched with any others. The
         requests must share ``batch_key`` (latent length, steps, scheduler, guidance mode); more requests than
-        the engines' batch limit (``max_requests``: TensorRT profiles) run as consecutive sub-batches. Every stage runs
-        batched: the text stages (``TextConditioner.encode_batch``: each row as it is alone, the language model
-        with each row's own positions), the UNet, the VAE decoder and the vocoder.
+        the engines' batch limit (``max_requests``: TensorRT profiles) run as consecutive sub-batches. The text
+        stages (``TextConditioner.encode_batch``: each row as it is alone, the language model with each row's own
+        positions) and the UNet run batched; the VAE decoder and the vocoder as ``AudioDecoder.rows_per_run``
+        says (one row per run on ONNX Runtime's CPU provider, where that is faster).
 
         Raises:
             UsageError: requests that cannot share a batch, or more steps than the scheduler supports.
