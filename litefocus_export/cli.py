@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from .audio import DEFAULT_FORMAT, WAV_FORMATS, write_wav
+from .choices import ATTENTIONS, ENGINE_BACKENDS, ENGINE_PRECISIONS, EXPORT_PRECISIONS
 from .contract import DEFAULT_LEVELS, DEFAULT_SPARSE_RATIO, MIN_OPSET, check_levels, check_sparse_ratio
 from .errors import LiteFocusError, UsageError
 from .models.specs import DEFAULT_SPEC as DEFAULT_MODEL
@@ -105,7 +106,7 @@ def attention_options(func):  # noqa: ANN001, ANN201
                         help="Comma-separated latent widths (frequency bins) of the levels to patch.")(func)
     func = click.option("--sparse-ratio", type=float, default=DEFAULT_SPARSE_RATIO, show_default=True,
                         help="Fraction of tokens sampled for cross-frequency compensation.")(func)
-    func = click.option("--attention", type=click.Choice(["litefocus", "full"]), default="litefocus",
+    func = click.option("--attention", type=click.Choice(ATTENTIONS), default="litefocus",
                         show_default=True, help="LiteFocus or the stock full attention.")(func)
     return func
 
@@ -213,7 +214,7 @@ def export_settings(attention: str, sparse_ratio: float, levels: str, opset: int
 @click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @attention_options
 @click.option("--opset", type=int, default=MIN_OPSET, show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(EXPORT_PRECISIONS), default="fp32", show_default=True)
 @click.option("--stages", default=None, help="Comma-separated stages (default: all of the pipeline).")
 @click.option("--verify", is_flag=True, help="Compare every stage with PyTorch on ONNX Runtime (CPU).")
 @click.option("--force", is_flag=True, help=FORCE_HELP)
@@ -235,12 +236,16 @@ def export_cmd(model, out, attention, sparse_ratio, levels, opset, precision, st
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help=MODEL_HELP)
 @click.option("--seconds", default=None, help="Longest audio to serve (profile 1:S:S; at most 600)  [default: 10]")
 @click.option("--profile", "profile_text", default=None, help="MIN:OPT:MAX seconds (instead of --seconds).")
-@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True)
+@click.option("--backend", type=click.Choice(ENGINE_BACKENDS), default="onnxruntime", show_default=True,
+              help="onnxruntime (CPU or CUDA), tensorrt (GPU), openvino (CPU, with bf16 and int8).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="ONNX Runtime execution provider.")
 @click.option("--attention-impl", type=click.Choice(["native", "plugin"]), default="native", show_default=True,
               help="TensorRT: the function body (native) or the fused plugin.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(("auto", *ENGINE_PRECISIONS)), default=None,
+              help="onnxruntime, tensorrt: fp32 (default) or fp16 (the export's). openvino: fp32, bf16 (the CPU's bf16 "
+                   "units), int8 (int8 weights, the int8 extra) or auto (default: bf16 where the CPU has AMX-BF16 or "
+                   "AVX512-BF16, else fp32).")
 @attention_options
 @click.option("--out", "out", type=click.Path(path_type=Path), default=Path("engines"), show_default=True,
               help="Folder the engine folder is built in (one subfolder per build, named by its settings).")
@@ -260,10 +265,19 @@ def build(model, seconds, profile_text, backend, device, attention_impl, precisi
     if seconds and profile_text:
         raise UsageError("give --seconds or --profile, not both")
     profile = DurationProfile.parse(profile_text) if profile_text else DurationProfile.for_seconds(seconds or 10)
+    if backend == "openvino":  # built from the fp32 export; the precision is OpenVINO's
+        export_precision, engine_precision = "fp32", precision
+    elif precision in (None, *EXPORT_PRECISIONS):
+        export_precision, engine_precision = precision or "fp32", None
+    else:
+        raise UsageError(f"--precision {precision} is for --backend openvino; {backend} takes "
+                         f"{'|'.join(EXPORT_PRECISIONS)}")
     settings = BuildSettings(model=model, profile=profile, backend=backend, device=device,
                              attention_impl=attention_impl, skip_memory_check=skip_memory_check,
-                             export=export_settings(attention, sparse_ratio, levels, precision=precision))
+                             export=export_settings(attention, sparse_ratio, levels, precision=export_precision),
+                             engine_precision=engine_precision)
     folder = build_engines(settings, out, force=force)
+    precision = settings.precision
     lo, opt, hi = profile.latent_frames()
     click.echo(f"engines: {folder}")
     click.echo(f"  covers {profile.min_s:g}-{profile.max_s:g} s (latent frames {lo}-{hi}, tuned for {opt}); "
@@ -286,10 +300,18 @@ def inspect(folder) -> None:  # noqa: ANN001
     if "backend" in m:
         b = m["backend"]
         click.echo(f"  backend    {b['name']} {b.get('version')} on {b.get('device')} ({b.get('architecture')})")
+        if b["name"] == "openvino":
+            units = ", ".join(b.get("cpu_features") or []) or "no bf16/int8 units"
+            needs = ", ".join(b.get("cpu_features_required") or []) or "nothing beyond fp32"
+            click.echo(f"  cpu        built on {b.get('cpu_model')} ({units}); {b.get('weights')} weights, "
+                       f"{b.get('activations')} activations; needs {needs}")
         for p in m.get("profiles", []):
             click.echo(f"  profile    {p['min_s']:g}-{p['max_s']:g} s (opt {p['opt_s']:g} s)")
     for name, desc in m["stages"].items():
-        click.echo(f"  stage      {name:18s} {desc.get('engine', desc['file'])}")
+        error = desc.get("error_vs_fp32")
+        measured = (f"  {desc.get('activations')}, error vs fp32 at {error['seconds']:g} s: "
+                    f"max {error['max_rel']:.1e}, rms {error['rms_rel']:.1e}") if error else ""
+        click.echo(f"  stage      {name:18s} {desc.get('engine', desc['file'])}{measured}")
     click.echo(f"  files      {len(m['files'])}, {sum(f['bytes'] for f in m['files'].values()) / 1e6:.1f} MB, "
                f"hashes verified")
 

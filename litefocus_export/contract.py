@@ -238,16 +238,23 @@ def example_unet_feeds(inputs: Mapping[str, Mapping[str, Any]], frames: int, see
     """
     rng = np.random.default_rng(seed)
     sizes = {BATCH: batch, LATENT_FRAMES: frames, **EXAMPLE_TOKENS, **(tokens or {})}
-    feeds = {}
-    for name, desc in inputs.items():
-        if name.startswith(INDEX_INPUT_PREFIX):
-            continue
-        shape = [sizes[d] if isinstance(d, str) else int(d) for d in desc["shape"]]
-        feeds[name] = (rng.standard_normal(shape, dtype=np.float32) if desc["dtype"] == "float32"
-                       else np.ones(shape, desc["dtype"]))
+    plain = {name: desc for name, desc in inputs.items() if not name.startswith(INDEX_INPUT_PREFIX)}
+    feeds = example_feeds(plain, sizes, rng)
     feeds["timestep"] = np.full(batch, timestep, inputs["timestep"]["dtype"])
     if layers:
         feeds.update(draw_unet_samples([rng] * batch, layers, frames, sparse_ratio, minimum=min_samples))
+    return feeds
+
+
+def example_feeds(inputs: Mapping[str, Mapping[str, Any]], sizes: Mapping[str, int],
+                  rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Seeded inputs of any stage shaped from their descriptions (a manifest's ``inputs``), named dimensions taken
+    from ``sizes``: floats standard normal, integers (ids, masks, positions) all ones, which every stage accepts."""
+    feeds = {}
+    for name, desc in inputs.items():
+        shape = [sizes[d] if isinstance(d, str) else int(d) for d in desc["shape"]]
+        feeds[name] = (rng.standard_normal(shape, dtype=np.float32) if desc["dtype"] == "float32"
+                       else np.ones(shape, desc["dtype"]))
     return feeds
 
 

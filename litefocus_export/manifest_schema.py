@@ -13,13 +13,11 @@ from collections.abc import Callable
 from pathlib import PurePosixPath
 from typing import Any
 
+from .choices import ATTENTIONS, ENGINE_BACKENDS, ENGINE_PRECISIONS
 from .contract import ALL_STAGES, PIPELINE_KINDS, check_levels, check_sparse_ratio
 from .errors import EngineError, UsageError
 
 KINDS = ("export", "engine")
-ATTENTIONS = ("litefocus", "full")
-PRECISIONS = ("fp32", "fp16")
-ENGINE_BACKENDS = ("onnxruntime", "tensorrt")
 MAX_FILES = 10_000
 MAX_DEPTH = 16
 MAX_INT = 10**12  # sizes and counts: anything larger is not a real model
@@ -157,6 +155,10 @@ def _stage(name: str, value: Any, where: str, files: dict[str, Any], kind: str) 
             continue  # the export's file name: the engine folder holds "engine"
         if rel not in files:
             raise ManifestError(f"{where}.{key}: {rel!r} is not listed (and hashed) in the manifest's files")
+    if "weights_file" in stage:  # OpenVINO: the IR's .bin, which OpenVINO opens beside the .xml
+        rel = _field(stage, "weights_file", where, safe_relative_path)
+        if rel not in files:
+            raise ManifestError(f"{where}.weights_file: {rel!r} is not listed (and hashed) in the manifest's files")
     inputs = _dict(stage.get("inputs", {}), f"{where}.inputs")
     for input_name, desc in inputs.items():
         desc = _dict(desc, f"{where}.inputs[{input_name!r}]")
@@ -204,7 +206,7 @@ def check_manifest(data: Any, where: str = "manifest.json") -> dict[str, Any]:
         _field(geometry, key, f"{where}.geometry", _int(1, 10**7))
     _field(data, "attention", where, _choice(ATTENTIONS))
     _field(data, "litefocus", where, _litefocus)
-    _field(data, "precision", where, _choice(PRECISIONS))
+    _field(data, "precision", where, _choice(ENGINE_PRECISIONS))
     stages = _field(data, "stages", where, _dict)
     if not stages:
         raise ManifestError(f"{where}.stages is empty")

@@ -3,6 +3,8 @@ its torch-free runner together, with its own support code.
 
 - ``onnxruntime/``: graph rewrites, ``OnnxRuntimeBackend`` (builder), ``OrtStage`` (runner);
 - ``tensorrt/``: version/plugin support, profile shapes, ``TensorRTBackend`` (builder), ``TrtStage`` (runner);
+- ``openvino/``: the DualSparseAttention lowering, CPU features and precisions, ``OpenVinoBackend`` (builder),
+  ``OvStage`` (runner);
 - ``cache.py``: cache keys and folders; ``build.py``: ``build_engines`` (export, memory check, then one backend's
   build); ``memory.py``: the peak memory of a generation on the engines, from the export's graphs.
 
@@ -18,15 +20,16 @@ from typing import Any
 
 import numpy as np
 
+from ..choices import ENGINE_BACKENDS as BACKENDS
 from ..errors import EngineError
-
-BACKENDS = ("onnxruntime", "tensorrt")
 
 Stage = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
-def open_stage(backend: Mapping[str, Any], path: Path, threads: int = 0) -> Stage:
-    """The runner of one engine stage file, for the backend a manifest's ``backend`` entry describes.
+def open_stage(backend: Mapping[str, Any], path: Path, threads: int = 0,
+               stage: Mapping[str, Any] | None = None) -> Stage:
+    """The runner of one engine stage file, for the backend a manifest's ``backend`` entry describes (``stage``: the
+    stage's manifest entry, for settings a backend keeps per stage).
 
     Raises:
         EngineError: an unknown backend, or a file the backend cannot load.
@@ -40,6 +43,13 @@ def open_stage(backend: Mapping[str, Any], path: Path, threads: int = 0) -> Stag
         from .tensorrt.runner import TrtStage
 
         return TrtStage(path)
+    if name == "openvino":
+        from .openvino.cpu import check_runs_here, cpu_features
+        from .openvino.runner import OvStage
+
+        check_runs_here(dict(backend), cpu_features())
+        activations = (stage or {}).get("activations") or backend.get("activations", "fp32")
+        return OvStage(path, activations, threads)
     raise EngineError(f"unknown engine backend {name!r} in the manifest; this tool runs {', '.join(BACKENDS)}")
 
 

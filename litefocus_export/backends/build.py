@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ..choices import EngineBackend
 from ..contract import DEFAULT_LEVELS, DEFAULT_SPARSE_RATIO, MIN_OPSET
 from ..errors import BuildError, EngineError, UsageError, check_choice
 from ..export import EXPORT_FORMAT, ExportSettings
@@ -40,10 +41,12 @@ class BuildSettings:
     Args:
         model: model spec (default ``models.DEFAULT_SPEC``).
         profile: the durations the engines serve.
-        backend: ``"onnxruntime"`` or ``"tensorrt"``.
-        device: ONNX Runtime execution provider, ``"cpu"`` or ``"cuda"``.
+        backend: ``"onnxruntime"``, ``"tensorrt"`` or ``"openvino"`` (CPU).
+        device: ONNX Runtime execution provider, ``"cpu"`` or ``"cuda"`` (OpenVINO: ``"cpu"``).
         attention_impl: TensorRT's LiteFocus implementation, ``"native"`` or ``"plugin"``.
         export: the ONNX export settings (attention, ratio, levels, precision).
+        engine_precision: OpenVINO only: ``"fp32"``, ``"bf16"``, ``"int8"``, or None / ``"auto"`` (bf16 where the CPU
+            has bf16 units, else fp32); built from the fp32 export.
         skip_memory_check: build even when a generation at the profile's longest duration would need more
             memory than this machine has available (default False: refused, ``backends/memory.py``); for a
             build made here for a host with more memory.
@@ -54,11 +57,12 @@ class BuildSettings:
 
     model: str = DEFAULT_SPEC
     profile: DurationProfile = field(default_factory=lambda: DurationProfile.for_seconds(10))
-    backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    backend: EngineBackend = "onnxruntime"
     device: Literal["cpu", "cuda"] = "cpu"
     attention_impl: Literal["plugin", "native"] = "native"
     export: ExportSettings = field(default_factory=ExportSettings)
     skip_memory_check: bool = False
+    engine_precision: str | None = None
 
     def __post_init__(self) -> None:
         check_spec(self.model)
@@ -71,6 +75,34 @@ class BuildSettings:
             raise UsageError(f"export must be ExportSettings, got {type(self.export).__name__}")
         if not isinstance(self.skip_memory_check, bool):
             raise UsageError(f"skip_memory_check must be True or False, got {self.skip_memory_check!r}")
+        if self.backend == "openvino":
+            self._check_openvino()
+        elif self.engine_precision is not None:
+            raise UsageError(f"precision {self.engine_precision} is an OpenVINO precision: use --backend openvino, "
+                             f"or --precision fp32|fp16 for {self.backend}")
+
+    def _check_openvino(self) -> None:
+        from .openvino.cpu import OPENVINO_PRECISIONS
+
+        if self.device != "cpu":
+            raise UsageError("the openvino backend builds for the CPU: leave --device at cpu")
+        if self.export.precision != "fp32":
+            raise UsageError(f"OpenVINO engines are built from the fp32 export, not {self.export.precision}: "
+                             f"use --precision {'|'.join(OPENVINO_PRECISIONS)} (or auto)")
+        if self.engine_precision not in (None, "auto", *OPENVINO_PRECISIONS):
+            raise UsageError(f"precision must be one of auto, {', '.join(OPENVINO_PRECISIONS)} for the openvino "
+                             f"backend, got {self.engine_precision!r}")
+
+    @property
+    def precision(self) -> str:
+        """What the engines compute in: the export's precision, or OpenVINO's (auto resolved for this CPU)."""
+        if self.backend != "openvino":
+            return self.export.precision
+        if self.engine_precision not in (None, "auto"):
+            return self.engine_precision
+        from .openvino.cpu import cpu_features, default_precision
+
+        return default_precision(cpu_features())
 
 
 def export_folder(settings: BuildSettings, stages: tuple[str, ...] | None) -> Path:
@@ -165,8 +197,8 @@ def engine_folder_name(settings: BuildSettings) -> str:
     model = settings.model if str(settings.model).startswith(RANDOM_PREFIX) else \
         f"{folder_name(settings.model)}-{spec_fingerprint(settings.model)[:8]}"
     return folder_name(model, settings.profile.name, export.attention, *extras, settings.backend,
-                       settings.device if settings.backend == "onnxruntime" else settings.attention_impl,
-                       export.precision)
+                       settings.attention_impl if settings.backend == "tensorrt" else settings.device,
+                       settings.precision)
 
 
 def build_engines(settings: BuildSettings, out_root: str | os.PathLike = "engines", *, force: bool = False) -> Path:
@@ -205,28 +237,31 @@ def build_engines(settings: BuildSettings, out_root: str | os.PathLike = "engine
                     shutil.copy2(src, tmp / name)
             data = {"kind": "engine", "engine_key": key, "model": export_manifest["model"],
                     "geometry": export_manifest["geometry"], "attention": export_manifest["attention"],
-                    "litefocus": export_manifest["litefocus"], "precision": export_manifest["precision"],
+                    "litefocus": export_manifest["litefocus"],
+                    "precision": backend.info.get("precision", export_manifest["precision"]),
                     "profiles": [settings.profile.to_dict()],
                     "latent_frames": list(settings.profile.latent_frames()),
                     "backend": backend.info, "stages": stages,
                     "export": {"folder": str(export_dir),
                                "manifest_sha256": sha256_file(export_dir / "manifest.json")},
-                    "tools": tool_versions("litefocus-export", "onnxruntime", "numpy", "tensorrt", "polygraphy"),
+                    "tools": tool_versions("litefocus-export", "onnxruntime", "numpy", "tensorrt", "polygraphy",
+                                           "openvino", "nncf"),
                     "build_seconds": round(time.perf_counter() - start, 2)}
             write_manifest(tmp, data, sorted(os.listdir(tmp)))
     return target
 
 
 def check_memory(settings: BuildSettings, export_dir: Path, export_manifest: dict[str, Any]) -> None:
-    """Refuse (``BuildError``) ONNX Runtime CPU engines whose generation at the profile's longest duration would
-    not fit in this machine's available memory (``memory.check_generation_memory``), unless skipped.
+    """Refuse (``BuildError``) CPU engines whose generation at the profile's longest duration would not fit in this
+    machine's available memory (``memory.check_generation_memory``), unless skipped.
 
+    The estimate models ONNX Runtime's graphs; OpenVINO engines run the same fused attention and are checked with it.
     GPU engines (TensorRT, ONNX Runtime on CUDA) hold their activations in GPU memory, which this does not check.
     """
     if settings.skip_memory_check:
         log.debug("memory check skipped (skip_memory_check)")
         return
-    if settings.backend != "onnxruntime" or settings.device != "cpu":
+    if settings.backend == "tensorrt" or settings.device != "cpu":
         log.info("memory: not checked for %s engines on the GPU", settings.backend)
         return
     check_generation_memory(export_dir, export_manifest, settings.profile.max_s)
@@ -238,6 +273,10 @@ def _backend(settings: BuildSettings) -> Any:
         from .onnxruntime.builder import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(settings.device)
+    if settings.backend == "openvino":
+        from .openvino.builder import VALIDATION_SECONDS, OpenVinoBackend
+
+        return OpenVinoBackend(settings.engine_precision, min(VALIDATION_SECONDS, settings.profile.max_s))
     from .tensorrt.builder import TensorRTBackend
 
     try:

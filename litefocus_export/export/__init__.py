@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ..choices import ATTENTIONS, EXPORT_PRECISIONS
 from ..contract import (
     ALL_STAGES,
     DEFAULT_LEVELS,
@@ -38,8 +39,6 @@ FP16_KEEP_FP32 = ["Softmax", "LayerNormalization", "GroupNormalization", "Instan
 # (L, batch, M); 4: the vocoder as 2-D (1, k) convolutions, its receptive field in its metadata; 5: the language
 # model step takes position_ids, so rows of different prompt lengths batch exactly)
 EXPORT_FORMAT = 5
-ATTENTIONS = ("litefocus", "full")
-PRECISIONS = ("fp32", "fp16")
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,7 @@ class ExportSettings:
 
     def __post_init__(self) -> None:
         check_choice("attention", self.attention, ATTENTIONS)
-        check_choice("precision", self.precision, PRECISIONS)
+        check_choice("precision", self.precision, EXPORT_PRECISIONS)
         object.__setattr__(self, "sparse_ratio", check_sparse_ratio(self.sparse_ratio))
         object.__setattr__(self, "levels", check_levels(self.levels))
         if not isinstance(self.opset, int) or isinstance(self.opset, bool) or self.opset < MIN_OPSET:

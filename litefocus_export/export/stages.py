@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 import torch
 
+from ..choices import EXPORT_PRECISIONS
 from ..contract import MAX_NEW_TOKENS_KEY, select_stages
 from ..errors import ExportError, UsageError, first_line
 from ..models import pipeline_kind
@@ -32,7 +33,6 @@ from .stage_modules import Exporter, StageSpec, stage_names, stage_spec
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16")
 EXAMPLE_BATCH, EXAMPLE_LENGTH = 2, 9  # export trace (batch 2 avoids the exporters' size-1 specialisation)
 VERIFY_BATCH, VERIFY_LENGTH = 3, 6  # other sizes, so a trace that baked a shape fails verification
 _LARGE_BYTES = 1_800_000_000  # protobuf's limit is 2 GiB; leave room for the graph
@@ -63,8 +63,8 @@ def export_stages(
     """
     kind = pipeline_kind(pipe)
     selected = select_stages(kind, stages, choices=stage_names(kind))
-    if precision not in PRECISIONS:
-        raise UsageError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    if precision not in EXPORT_PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}; valid: {', '.join(EXPORT_PRECISIONS)}")
     if precision != "fp32":
         log.info("non-UNet stages are exported fp32 (precision %s applies to the UNet)", precision)
     out_dir = Path(out_dir)

@@ -10,14 +10,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ..choices import ATTENTIONS, ENGINE_BACKENDS
 from ..contract import DEFAULT_LEVELS, DEFAULT_SPARSE_RATIO, check_levels, check_sparse_ratio
 from ..errors import UsageError
 from ..geometry import check_seconds
 from ..models.specs import DEFAULT_SPEC, check_spec
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
-ENGINE_BACKENDS = ("onnxruntime", "tensorrt")
-ATTENTIONS = ("full", "litefocus")
+BACKENDS = ("torch", *ENGINE_BACKENDS)
 DEFAULT_PROMPT = "a dog barking in the rain"
 
 

@@ -42,7 +42,7 @@ class EngineFolder:
         self._runners: dict[str, Stage] = {}
         for name in stages if stages is not None else tuple(self.manifest["stages"]):
             self._runners[name] = open_stage(self.manifest["backend"], inside(self.folder, self.stage(name)["engine"]),
-                                             threads)
+                                             threads, self.stage(name))
 
     @property
     def kind(self) -> str:

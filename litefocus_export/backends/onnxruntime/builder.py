@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,18 +87,20 @@ class OrtEngineFromOnnx:
         return self.out_path
 
 
-def rewrite_to_file(onnx_path: Path, out_path: Path) -> dict[str, int]:
-    """Apply the engine rewrites (``rewrites.py``) to ``onnx_path``; when any fired, save the result
-    as ``out_path`` (weights over ``WEIGHTS_INLINE_LIMIT`` in ``<out_path>.data``). Returns the counts."""
+def rewrite_to_file(onnx_path: Path, out_path: Path, rewrite: Callable[[Any], dict[str, int]] | None = None,
+                    runtime: str = "ONNX Runtime") -> dict[str, int]:
+    """Apply ``rewrite`` (default: the ONNX Runtime engine rewrites, ``rewrites.py``) to ``onnx_path``; when any
+    fired, save the result as ``out_path`` (weights over ``WEIGHTS_INLINE_LIMIT`` in ``<out_path>.data``). Returns
+    the counts."""
     import onnx
 
     from .rewrites import rewrite_for_onnxruntime
 
     model = onnx.load(str(onnx_path))
-    counts = rewrite_for_onnxruntime(model)
+    counts = (rewrite or rewrite_for_onnxruntime)(model)
     if any(counts.values()):
         fired = ", ".join(f"{name} x{count}" for name, count in counts.items() if count)
-        log.info("%s rewritten for ONNX Runtime: %s", onnx_path.name, fired)
+        log.info("%s rewritten for %s: %s", onnx_path.name, runtime, fired)
         side = out_path.with_name(out_path.name + ".data")
         side.unlink(missing_ok=True)  # onnx appends to an existing side file
         weights = sum(t.ByteSize() for t in model.graph.initializer)

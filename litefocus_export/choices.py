@@ -1,0 +1,20 @@
+"""One definition per choice (torch-free): each is a ``Literal``; the tuples, the CLI's click choices and the
+checks of settings and manifests are all derived from it with ``typing.get_args``."""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+Attention = Literal["full", "litefocus"]
+EngineBackend = Literal["onnxruntime", "tensorrt", "openvino"]
+ExportPrecision = Literal["fp32", "fp16"]
+# what an engine computes in: the export's precision (ONNX Runtime, TensorRT), or OpenVINO's on the CPU
+EnginePrecision = Literal["fp32", "fp16", "bf16", "int8"]
+
+ATTENTIONS: tuple[str, ...] = get_args(Attention)
+ENGINE_BACKENDS: tuple[str, ...] = get_args(EngineBackend)
+EXPORT_PRECISIONS: tuple[str, ...] = get_args(ExportPrecision)
+ENGINE_PRECISIONS: tuple[str, ...] = get_args(EnginePrecision)
+
+__all__ = ["ATTENTIONS", "ENGINE_BACKENDS", "ENGINE_PRECISIONS", "EXPORT_PRECISIONS", "Attention", "EngineBackend",
+           "EnginePrecision", "ExportPrecision"]
