@@ -46,7 +46,8 @@ def unet_feeds(facts: ModelFacts, frames: int, seed: int) -> dict[str, np.ndarra
 
 
 class TorchUNet:
-    """The diffusers UNet alone (no text encoders built), stock or patched with LiteFocus."""
+    """The diffusers UNet alone (no text encoders built), stock or patched with LiteFocus; ``job["dtype"]``
+    ``"bf16"`` casts it and its float inputs with ``.to(torch.bfloat16)`` (what a user with a bf16 CPU would do)."""
 
     def __init__(self, job: dict[str, Any], facts: ModelFacts):
         import torch
@@ -62,11 +63,14 @@ class TorchUNet:
                        freq_bins=facts.geometry.latent_freq_bins, context_free=facts.context_free)
         feeds = unet_feeds(facts, facts.geometry.latent_frames(job["seconds"]), job["seed"])
         self.inputs = {k: torch.from_numpy(v) for k, v in feeds.items()}
+        if job.get("dtype", "fp32") == "bf16":
+            self.unet.to(torch.bfloat16)
+            self.inputs = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in self.inputs.items()}
 
     def __call__(self) -> np.ndarray:
         sample, timestep, kwargs = unet_call_arguments(self.inputs)
         with self.torch.inference_mode():
-            return self.unet(sample, timestep, **kwargs, return_dict=False)[0].numpy()
+            return self.unet(sample, timestep, **kwargs, return_dict=False)[0].float().numpy()
 
 
 class EngineUNet:
