@@ -319,8 +319,10 @@ def inspect(folder) -> None:  # noqa: ANN001
 @main.command()
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help=MODEL_HELP)
 @click.option("--seconds", default="10,20,40,80", show_default=True, help="Comma-separated audio durations.")
-@click.option("--backends", default="torch,onnxruntime,tensorrt", show_default=True,
-              help="Comma-separated: torch, onnxruntime, tensorrt (unavailable ones are listed as skipped).")
+@click.option("--backends", default="torch,onnxruntime,tensorrt,openvino", show_default=True,
+              help="Comma-separated: torch, onnxruntime, tensorrt, openvino (at the CPU's default precision), and "
+                   "precision variants torch-bf16, openvino-fp32, openvino-bf16, openvino-int8 (unavailable ones are "
+                   "listed as skipped, with the reason).")
 @click.option("--attention", default="full,litefocus", show_default=True, help="Comma-separated: full, litefocus.")
 @click.option("--steps", type=int, default=10, show_default=True, help="Denoising steps (--stages all).")
 @click.option("--repeats", type=int, default=3, show_default=True, help="Timed repeats per configuration (medians).")

@@ -1,4 +1,4 @@
-"""What export, backends, runtime and report agree on: DESIGN.md §2 in code (torch-free).
+"""What export, backends, runtime and report agree on: docs/design.md §2 in code (torch-free).
 
 One place for the op's ONNX identity, the stages of each pipeline kind, the UNet's input and output names,
 the dimension names of dynamic axes, ONNX metadata keys, and one builder of example UNet inputs (numpy;
@@ -17,7 +17,7 @@ from .errors import UsageError
 from .geometry import downsampled_length
 from .sampling import draw_sample_index
 
-# --- the op (DESIGN.md §1, §2) ----------------------------------------------------------------------
+# --- the op (docs/design.md §1, §2) ----------------------------------------------------------------------
 OP_DOMAIN = "ai.litefocus"
 OP_TYPE = "DualSparseAttention"  # never "Attention": TensorRT's parser would take it as its built-in op
 OP_DOMAIN_VERSION = 1

@@ -1,6 +1,6 @@
 """Latent geometry of the AudioLDM family: seconds <-> mel frames <-> latent grid (torch-free).
 
-DESIGN.md §3: 16 kHz audio, hop 160 samples (100 mel frames per second), a VAE that divides both
+docs/design.md §3: 16 kHz audio, hop 160 samples (100 mel frames per second), a VAE that divides both
 axes by 4, 64 mel bins. Token ``n = t * F + f`` inside attention (time-major).
 """
 

@@ -1,6 +1,6 @@
 """``manifest.json``: what an export or engine folder holds, and the checks a reader makes (torch-free).
 
-DESIGN.md §4: a later stage reads what an earlier one wrote through this file only. A reader refuses
+docs/design.md §4: a later stage reads what an earlier one wrote through this file only. A reader refuses
 a folder whose manifest is missing, unreadable, from a newer format, or whose files do not match
 their recorded sha256, with a one-line reason.
 """
@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import EngineError, first_line
 
-# 2: the UNet's litefocus_index_<w> inputs are (L, batch, M), one sample per batch row (DESIGN.md §2)
+# 2: the UNet's litefocus_index_<w> inputs are (L, batch, M), one sample per batch row (docs/design.md §2)
 FORMAT_VERSION = 2
 # folders of older formats are refused with "rebuild it": their engines take (L, M) samples
 MIN_FORMAT_VERSION = 2

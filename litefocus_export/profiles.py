@@ -1,6 +1,6 @@
 """Duration profiles: the range of audio lengths one engine build serves (torch-free).
 
-DESIGN.md §3: a profile ``(min_s, opt_s, max_s)`` maps to latent lengths; ``build --seconds 80``
+docs/design.md §3: a profile ``(min_s, opt_s, max_s)`` maps to latent lengths; ``build --seconds 80``
 makes ``(1, 80, 80)``. A request outside every built profile is an error naming the profiles there are.
 """
 

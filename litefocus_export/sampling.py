@@ -1,6 +1,6 @@
 """Cross-frequency samples: which tokens every patched layer also attends to (torch-free).
 
-DESIGN.md §1: each patched layer gets a fresh uniform sample without replacement of
+docs/design.md §1: each patched layer gets a fresh uniform sample without replacement of
 ``M = floor(sparse_ratio * N)`` token indices at every UNet evaluation. The PyTorch path and the
 engine runtime draw them with this one function, from a numpy generator, in the same order (patched
 layers in execution order), so one seed gives the same samples, and the same audio, on every backend.

@@ -7,8 +7,11 @@ in this run), and measured / floor. Every ratio comes from numbers measured in t
 
     python scripts/bench_generation.py --model random:audioldm2 --seconds 80 --steps 10 --threads 2
 
-Variants: ``torch`` (the stock diffusers pipeline, full attention), ``onnxruntime`` (the LiteFocus engine,
-built or taken from the cache). ``--requests N`` runs N generations in the same process (a long-running
+Variants: ``torch`` (the stock diffusers pipeline, full attention), ``torch-bf16`` (the same after
+``.to(torch.bfloat16)``), ``onnxruntime`` (the LiteFocus engine, built or taken from the cache), ``openvino-fp32``,
+``openvino-bf16``, ``openvino-int8`` (the LiteFocus OpenVINO engines). Every variant generates with the same seed;
+with ``onnxruntime`` among them, each other engine's audio gets its log-mel distance (dB, ``report.quality``) to the
+fp32 ONNX Runtime engine's audio. ``--requests N`` runs N generations in the same process (a long-running
 server's view: resident memory between requests is printed). ``--chunk-frames`` sets the vocoder chunk
 (``LITEFOCUS_VOCODER_CHUNK``; 0: one-shot).
 """
@@ -69,18 +72,21 @@ def _timed(fn, *args) -> float:  # noqa: ANN001, ANN002
     return time.perf_counter() - start
 
 
-def engine_folder(model: str, seconds: float) -> Path:
+def engine_folder(model: str, seconds: float, variant: str = "onnxruntime") -> Path:
     from litefocus_export.backends.build import BuildSettings, build_engines
     from litefocus_export.backends.cache import cache_root
     from litefocus_export.export import ExportSettings
     from litefocus_export.profiles import DurationProfile
+    from litefocus_export.report.settings import split_variant
 
-    settings = BuildSettings(model=model, profile=DurationProfile.for_seconds(seconds), export=ExportSettings())
+    backend, precision = split_variant(variant)
+    settings = BuildSettings(model=model, profile=DurationProfile.for_seconds(seconds), export=ExportSettings(),
+                             backend=backend, engine_precision=precision)
     return build_engines(settings, cache_root() / "report-engines")
 
 
 def measure(job: dict, work: Path, env: dict[str, str]) -> dict:
-    stem = f"{job['backend']}-{job['attention']}"
+    stem = f"{job['variant']}-{job['attention']}"
     job_file, result_file = work / f"{stem}.job.json", work / f"{stem}.result.json"
     job_file.write_text(json.dumps(job))
     proc = subprocess.run([sys.executable, "-m", "litefocus_export.report.measure", str(job_file), str(result_file)],
@@ -113,21 +119,30 @@ def main() -> None:
         print(f"conv rate, ORT, {args.threads} threads, {name}: {value:.1f} GFLOP/s")
     unet = unet_step_flops(args.model, args.seconds, 0.1, (8,))
     decode = decode_flops(args.model, args.seconds)
-    engines = Path(args.engines) if args.engines else (engine_folder(args.model, args.seconds)
-                                                       if "onnxruntime" in variants else None)
+    from litefocus_export.report.settings import split_variant
+
+    engine_variants = [v for v in variants if not v.startswith("torch")]
+    if args.engines and len(engine_variants) > 1:
+        raise SystemExit("--engines names one folder: give one engine variant with it")
+    engines = {v: Path(args.engines) if args.engines else engine_folder(args.model, args.seconds, v)
+               for v in engine_variants}
     env = dict(os.environ)
     if args.chunk_frames is not None:
         env["LITEFOCUS_VOCODER_CHUNK"] = str(args.chunk_frames)
-    results = {}
+    results, waveforms = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for variant in variants:
-            attention = "full" if variant == "torch" else "litefocus"
-            job = {"model": args.model, "backend": variant, "engines": str(engines) if variant != "torch" else None,
+            backend, precision = split_variant(variant)
+            attention = "full" if backend == "torch" else "litefocus"
+            output = Path(tmp) / f"{variant}.npy"
+            job = {"variant": variant, "model": args.model, "backend": backend, "dtype": precision or "fp32",
+                   "engines": str(engines[variant]) if variant in engines else None,
                    "attention": attention, "seconds": args.seconds, "stages": "all", "steps": args.steps,
                    "repeats": args.requests, "warmup": args.warmup, "seed": 0, "prompt": args.prompt,
-                   "threads": args.threads, "sparse_ratio": 0.1, "levels": [8], "output": None}
+                   "threads": args.threads, "sparse_ratio": 0.1, "levels": [8], "output": str(output)}
             start = time.perf_counter()
             results[variant] = measure(job, Path(tmp), env)
+            waveforms[variant] = np.load(output)
             print(f"{variant}: measured in {time.perf_counter() - start:.0f} s", flush=True)
 
     gflop = {"conditioning": None, "vae_decode": decode["vae_decoder"]["total_gflop"],
@@ -141,15 +156,16 @@ def main() -> None:
     print("|" + "---|" * len(header))
     for key, label in (*STAGES, ("end_to_end", "end to end")):
         if key == "unet_steps":
-            flop = {"torch": unet["full_total_gflop"] * args.steps,
-                    "onnxruntime": unet["litefocus_total_gflop"] * args.steps}
+            flop = {v: unet["full_total_gflop" if v.startswith("torch") else "litefocus_total_gflop"] * args.steps
+                    for v in variants}
         elif key == "end_to_end":
             flop = None
         else:
-            flop = {"torch": gflop[key], "onnxruntime": gflop[key]} if gflop.get(key) else None
+            flop = dict.fromkeys(variants, gflop[key]) if gflop.get(key) else None
         floor = {v: flop[v] / rate for v in flop} if flop else None
-        cells = [label, f"{flop['torch']:.0f} / {flop['onnxruntime']:.0f}" if flop else "-",
-                 f"{floor['onnxruntime']:.1f}" if floor else "-"]
+        engine = next((v for v in variants if not v.startswith("torch")), variants[0])
+        cells = [label, f"{flop[variants[0]]:.0f} / {flop[engine]:.0f}" if flop else "-",
+                 f"{floor[engine]:.1f}" if floor else "-"]
         for variant in variants:
             raw = results[variant]
             seconds = np.median(raw[f"{key}_s"])
@@ -165,6 +181,19 @@ def main() -> None:
         decode_floor = (gflop["vae_decode"] + gflop["vocoder"]) / rate
         print(f"engine VAE decode + vocoder: {decode_engine:.1f} s, floor {decode_floor:.1f} s, "
               f"{decode_engine / decode_floor:.2f}x")
+    if "torch" in results:
+        stock = np.median(results["torch"]["end_to_end_s"])
+        for variant in (v for v in variants if v != "torch"):
+            ratio = stock / np.median(results[variant]["end_to_end_s"])
+            print(f"{variant} vs stock PyTorch fp32, end to end: {ratio:.2f}x; peak RSS "
+                  f"{results[variant]['peak_rss_mb']:.0f} MB vs {results['torch']['peak_rss_mb']:.0f} MB")
+    if "onnxruntime" in waveforms:
+        from litefocus_export.report.quality import mel_distance_db, sample_rate_of
+
+        rate_hz = sample_rate_of(args.model)
+        for variant in (v for v in variants if v not in ("onnxruntime", "torch")):
+            print(f"{variant}: log-mel distance to the fp32 ONNX Runtime engine's audio (same seed): "
+                  f"{mel_distance_db(waveforms[variant], waveforms['onnxruntime'], rate_hz):.3f} dB")
     for variant, raw in results.items():
         between = raw.get("between_requests_rss_mb")
         if between:

@@ -9,7 +9,7 @@ On CPU, through Triton's interpreter at tiny shapes (sets TRITON_INTERPRET=1 its
 
     python scripts/device_check_kernel.py --cpu-smoke
 
-The timed shape is one F = 8 self-attention of AudioLDM2 at 80 s (DESIGN.md §6): B = 2 (classifier-free
+The timed shape is one F = 8 self-attention of AudioLDM2 at 80 s (docs/design.md §6): B = 2 (classifier-free
 guidance), 8 heads of 256 / 8 = 32 channels, T = 1000 frames x F = 8 bins (N = 8000), M = 800 samples.
 Exits 1 if a correctness check fails.
 """
@@ -104,7 +104,7 @@ def run_checks(mods, shapes, dtypes: dict, device: str) -> bool:
         q, k, v, index = make_inputs(shape, dtypes[name], device)
         if strided:  # the layout a processor gets from its projections: no copy needed
             q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
-        if per_row:  # one sample per batch row (DESIGN.md §1): the kernel moves its index pointer per row
+        if per_row:  # one sample per batch row (docs/design.md §1): the kernel moves its index pointer per row
             index = per_row_index(index, shape[0])
         flags = dict(freq_bins=shape[3], same_frequency=same, cross_frequency=cross)
         err = rel_err(mods.kernel.dual_sparse_attention_triton(q, k, v, index, **flags),

@@ -72,3 +72,33 @@ def tiny_full_export(litefocus_cache: Any) -> Any:
     from litefocus_export.export import ExportSettings
 
     return cached_export(BuildSettings(export=ExportSettings(attention="full", verify=True)))
+
+
+
+@pytest.fixture(scope="session")
+def openvino_engines(tiny_build: Any, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Any]:
+    """``openvino_engines(precision, seconds=10)``: the tiny build's export as OpenVINO engines (profile 1-seconds),
+    built once per session for each argument pair (the backend and serving tests share them)."""
+    pytest.importorskip("openvino")
+    from dataclasses import replace
+
+    from litefocus_export.backends.build import build_engines
+    from litefocus_export.profiles import DurationProfile
+
+    _, _, settings = tiny_build
+    out = tmp_path_factory.mktemp("openvino")
+    built: dict[tuple[str, float], Any] = {}
+
+    def engines(precision: str, seconds: float = 10) -> Any:
+        if (precision, seconds) not in built:
+            built[precision, seconds] = build_engines(replace(settings, backend="openvino", engine_precision=precision,
+                                                              profile=DurationProfile.for_seconds(seconds)), out)
+        return built[precision, seconds]
+
+    return engines
+
+
+@pytest.fixture(scope="session")
+def openvino_fp32_engines(openvino_engines: Callable[..., Any]) -> Any:
+    """The tiny model's OpenVINO fp32 engines, 1-10 s."""
+    return openvino_engines("fp32")

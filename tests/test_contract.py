@@ -1,4 +1,4 @@
-"""The shared contract (DESIGN.md §2 in code): names, example inputs, samples, settings checks."""
+"""The shared contract (docs/design.md §2 in code): names, example inputs, samples, settings checks."""
 
 from __future__ import annotations
 

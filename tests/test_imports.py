@@ -1,4 +1,4 @@
-"""What each module may import: the runtime, contracts and CLI start without torch (DESIGN.md §5)."""
+"""What each module may import: the runtime, contracts and CLI start without torch (docs/design.md §5)."""
 
 from __future__ import annotations
 

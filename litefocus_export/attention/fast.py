@@ -1,6 +1,6 @@
 """The LiteFocus op in its dense form: frequency folded into batch, one SDPA over T + M keys.
 
-DESIGN.md §1: ``q' = (B, H*F, T, D)``; keys/values are the T same-frequency tokens of the query's bin
+docs/design.md §1: ``q' = (B, H*F, T, D)``; keys/values are the T same-frequency tokens of the query's bin
 followed by the M sampled tokens. The fold stays 4-D because CPU SDPA drops to its slow math path on
 5-D inputs. No N x N (or N x (T + M)) matrix is kept beyond what SDPA itself does.
 """

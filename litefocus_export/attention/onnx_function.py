@@ -1,6 +1,6 @@
 """The op in ONNX: node ``ai.litefocus::DualSparseAttention`` and its portable function body.
 
-The body is the dense form of DESIGN.md §1 in standard ONNX ops (Reshape/Transpose/MatMul/Softmax),
+The body is the dense form of docs/design.md §1 in standard ONNX ops (Reshape/Transpose/MatMul/Softmax),
 so ONNX Runtime runs an exported model with no plugin; a runtime with a fused kernel claims the node
 instead. Scores for the two key sets are computed separately and concatenated, which keeps one joint
 softmax without copying the sampled keys once per frequency bin.

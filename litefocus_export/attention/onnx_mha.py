@@ -3,7 +3,7 @@
 The exported model keeps the contract node (``ai.litefocus::DualSparseAttention`` + portable function
 body). The body materialises every (T + M)-wide score row, concatenates and slices them; ONNX Runtime's
 contrib MultiHeadAttention runs a flash-style kernel instead (measured on CPU; ORT documents it for
-CUDA too). Building an ORT engine rewrites each contract node into the dense form of DESIGN.md §1
+CUDA too). Building an ORT engine rewrites each contract node into the dense form of docs/design.md §1
 around one MultiHeadAttention: frequency *and heads* folded into its batch (``num_heads=1``), so the
 rewrite needs no shape the node does not carry. Keys and values are the T same-bin tokens followed by
 the M sampled ones of the query's batch row (``sample_index`` ``(M,)`` or ``(B, M)``, gathered per row).

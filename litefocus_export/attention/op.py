@@ -50,7 +50,7 @@ def dual_sparse_attention(
     cross_frequency: bool = True,
     impl: str = "op",
 ) -> torch.Tensor:
-    """LiteFocus dual sparse attention (DESIGN.md §1).
+    """LiteFocus dual sparse attention (docs/design.md §1).
 
     Args:
         q, k, v: ``(B, H, N, D)`` with tokens time-major, ``N = T * freq_bins``.

@@ -1,6 +1,6 @@
 """Install LiteFocus on a diffusers audio pipeline's UNet, and take it off again exactly.
 
-The layer set is the reference's (DESIGN.md §1, §6): every attention module at the chosen latent
+The layer set is the reference's (docs/design.md §1, §6): every attention module at the chosen latent
 widths that runs as self-attention. ``attn1`` always does; ``attn2`` does when it has no text context
 (AudioLDM2's context-free transformer; every ``attn2`` in AudioLDM and MusicLDM, whose pipelines call
 the UNet without ``encoder_hidden_states``).

@@ -1,6 +1,6 @@
 """The LiteFocus op written the way the paper's code writes it (einsum over the T x F grid).
 
-This is the semantic reference every other implementation is tested against (DESIGN.md §1). It
+This is the semantic reference every other implementation is tested against (docs/design.md §1). It
 materialises the (N, T + M) score matrix, so it is for tests and small shapes, not for speed.
 """
 

@@ -1,7 +1,7 @@
 """Where a patched layer gets its cross-frequency sample from at each call.
 
 A sample source is a callable ``(layer_name, n_tokens) -> int64 indices``, ``(M,)`` (one sample for the
-whole batch) or ``(B, M)`` (one per batch row, DESIGN.md §1). ``RandomSamples`` draws fresh ``(M,)`` ones
+whole batch) or ``(B, M)`` (one per batch row, docs/design.md §1). ``RandomSamples`` draws fresh ``(M,)`` ones
 (a new sample per layer call, as the reference and the diffusers pipeline do) with the same numpy function
 the runtime uses; ``QueuedSamples`` replays samples supplied from outside (either form), for export tracing
 and parity tests against engines.

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -26,8 +26,21 @@ from ..errors import EngineError
 Stage = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
+class Runner(Protocol):
+    """What every backend's stage runner is (polygraphy's runner lifecycle): loaded when constructed, ``runner(feeds)
+    -> {output name: array}`` (extra feeds ignored), ``close()`` frees it, usable as a context manager."""
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Runner: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
 def open_stage(backend: Mapping[str, Any], path: Path, threads: int = 0,
-               stage: Mapping[str, Any] | None = None) -> Stage:
+               stage: Mapping[str, Any] | None = None) -> Runner:
     """The runner of one engine stage file, for the backend a manifest's ``backend`` entry describes (``stage``: the
     stage's manifest entry, for settings a backend keeps per stage).
 
@@ -53,4 +66,4 @@ def open_stage(backend: Mapping[str, Any], path: Path, threads: int = 0,
     raise EngineError(f"unknown engine backend {name!r} in the manifest; this tool runs {', '.join(BACKENDS)}")
 
 
-__all__ = ["BACKENDS", "Stage", "open_stage"]
+__all__ = ["BACKENDS", "Runner", "Stage", "open_stage"]

@@ -1,6 +1,6 @@
 """Cache keys and folders for exports and engines (torch-free).
 
-A key is the sha256 of everything that decides the bytes of the result (DESIGN.md §4: profile,
+A key is the sha256 of everything that decides the bytes of the result (docs/design.md §4: profile,
 precision, backend version, device architecture, plugin hash, source files), so a stale engine is
 never reused and two different builds never share a folder.
 """

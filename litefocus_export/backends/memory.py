@@ -290,7 +290,7 @@ def _custom_type(node: Any, types: Mapping[str, Any]) -> Any:
     """Output type of the contrib ops the engine rewrites make and of DualSparseAttention; None for others.
 
     MultiHeadAttention: 3-D query (B, S, D) and value (B, L, Dv) give (B, S, Dv); Gelu is elementwise;
-    DualSparseAttention's output has its query's shape (DESIGN.md §1)."""
+    DualSparseAttention's output has its query's shape (docs/design.md §1)."""
     from onnx import helper
 
     from ..attention.onnx_mha import CONTRIB_DOMAIN

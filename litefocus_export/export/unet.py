@@ -1,6 +1,6 @@
 """UNet -> ONNX with every LiteFocus layer as one ``ai.litefocus::DualSparseAttention`` node.
 
-DESIGN.md §2 (``contract.unet_inputs``): inputs are named after the diffusers UNet forward arguments, plus one
+docs/design.md §2 (``contract.unet_inputs``): inputs are named after the diffusers UNet forward arguments, plus one
 ``litefocus_index_<width>`` int64 ``(L, batch, M)`` input per patched level (``[l, b]``: the sample of the
 l-th patched layer of that level in execution order for batch row b). Batch, latent time and the samples
 axis are dynamic, so one file serves every duration, batch size and sparse ratio.

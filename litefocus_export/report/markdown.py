@@ -168,6 +168,22 @@ def quality_section(data: dict[str, Any]) -> list[str]:
     return ["## Quality", "", *table(header, rows), "", *notes, ""]
 
 
+def precision_section(data: dict[str, Any]) -> list[str]:
+    """Which precision each engine computes in, and its stages' errors against fp32 (a precision whose error is
+    not shown is not offered)."""
+    entries = data.get("engine_precisions") or {}
+    if not entries:
+        return []
+    header = ["engines", "precision", "activations", "built on", "stage errors vs fp32 (rms / max, relative)"]
+    rows = []
+    for name, e in entries.items():
+        errors = ", ".join(f"{stage} {err['rms_rel']:.1e} / {err['max_rel']:.1e}"
+                           for stage, err in e["error_vs_fp32"].items()) or "-"
+        built_on = f"{e['cpu']} ({', '.join(e['cpu_features'] or []) or 'no bf16/int8 units'})" if e["cpu"] else "-"
+        rows.append([name, e["precision"], e["activations"] or e["precision"], built_on, errors])
+    return ["## Precision", "", *table(header, rows), ""]
+
+
 def skipped_section(data: dict[str, Any]) -> list[str]:
     lines = ["## Skipped and failed", ""]
     lines += [f"- skipped: {s['backend']} ({s['attention']} attention): {s['reason']}" for s in data["skipped"]]
@@ -192,5 +208,5 @@ def plots_section(data: dict[str, Any]) -> list[str]:
 
 def render_markdown(data: dict[str, Any]) -> str:
     sections = (header_section, latency_section, stages_section, flops_section, accuracy_section, quality_section,
-                skipped_section, machine_section, plots_section)
+                precision_section, skipped_section, machine_section, plots_section)
     return "\n".join(line for section in sections for line in section(data))

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import LiteFocusError
 from .output import write_outputs
-from .settings import ENGINE_BACKENDS, ReportSettings, ReportState, config_stem, output_path
+from .settings import ENGINE_BACKENDS, ReportSettings, ReportState, config_stem, output_path, split_variant
 
 log = logging.getLogger(__name__)
 def run_report(settings: ReportSettings) -> dict[str, Any]:
@@ -63,7 +63,7 @@ def run_report(settings: ReportSettings) -> dict[str, Any]:
 
 def build_all(state: ReportState) -> None:
     """One engine folder per engine backend and attention, for the longest duration; failures are skipped."""
-    for backend in (b for b in state.settings.backends if b in ENGINE_BACKENDS):
+    for backend in (b for b in state.settings.backends if split_variant(b)[0] in ENGINE_BACKENDS):
         for attention in state.settings.attention:
             try:
                 state.engines[backend, attention] = build_one(state.settings, backend, attention)
@@ -72,21 +72,22 @@ def build_all(state: ReportState) -> None:
                 state.skipped.append({"backend": backend, "attention": attention, "reason": str(exc)})
 
 
-def build_one(settings: ReportSettings, backend: str, attention: str) -> Path:
+def build_one(settings: ReportSettings, variant: str, attention: str) -> Path:
     from ..backends.build import BuildSettings, build_engines
     from ..backends.cache import cache_root
     from ..errors import BuildError
     from ..export import ExportSettings
     from ..profiles import DurationProfile
 
+    backend, precision = split_variant(variant)
     if backend == "tensorrt" and importlib.util.find_spec("tensorrt") is None:
         raise BuildError("TensorRT is not installed (pip install 'litefocus-export[gpu]' on an NVIDIA GPU machine)")
     export = ExportSettings(attention=attention, sparse_ratio=settings.sparse_ratio, levels=settings.levels,
                             stages=("unet",) if settings.stages == "unet" else None)
     build = BuildSettings(model=settings.model, profile=DurationProfile.for_seconds(max(settings.seconds)),
-                          backend=backend, export=export)
+                          backend=backend, export=export, engine_precision=precision)
     start = time.perf_counter()
-    log.info("building %s engines (%s attention) ...", backend, attention)
+    log.info("building %s engines (%s attention) ...", variant, attention)
     folder = build_engines(build, settings.engines_dir or cache_root() / "report-engines")
     log.info("engines ready in %.1f s: %s", time.perf_counter() - start, folder)
     return folder
@@ -120,7 +121,9 @@ def measure_all(state: ReportState, configs: list[tuple[float, str, str]], work:
 def job_for(state: ReportState, seconds: float, backend: str, attention: str, work: Path) -> dict[str, Any]:
     s = state.settings
     engines = state.engines.get((backend, attention))
-    return {"model": s.model, "backend": backend, "engines": str(engines) if engines else None,
+    runs_on, precision = split_variant(backend)
+    return {"model": s.model, "backend": runs_on, "dtype": precision or "fp32",
+            "engines": str(engines) if engines else None,
             "attention": attention, "seconds": seconds, "stages": s.stages, "steps": s.steps, "repeats": s.repeats,
             "warmup": s.warmup, "seed": s.seed, "prompt": s.prompt, "threads": s.threads,
             "sparse_ratio": s.sparse_ratio, "levels": list(s.levels),

@@ -138,6 +138,7 @@ def report_data(state: Any, work: Path) -> dict[str, Any]:
         "settings": settings_dict(state.settings),
         "machine": state.machine,
         "engines": {f"{b}/{a}": str(p) for (b, a), p in state.engines.items()},
+        "engine_precisions": engine_precisions(state.engines),
         "skipped": state.skipped,
         "failed": [{k: r[k] for k in ("seconds", "backend", "attention", "error")} for r in rows
                    if r["status"] != "ok"],
@@ -148,6 +149,22 @@ def report_data(state: Any, work: Path) -> dict[str, Any]:
         "notes": NOTES,
         **_quality_entry(state),
     }
+
+
+def engine_precisions(engines: dict[tuple[str, str], Path]) -> dict[str, Any]:
+    """Per engine folder: the precision it computes in, and each stage's measured error against fp32 where the
+    build measured it (OpenVINO), read from its manifest."""
+    from ..manifest import read_manifest
+
+    entries = {}
+    for (backend, attention), folder in engines.items():
+        manifest = read_manifest(folder, verify_hashes=False)
+        entries[f"{backend}/{attention}"] = {
+            "precision": manifest["precision"], "activations": manifest["backend"].get("activations"),
+            "cpu": manifest["backend"].get("cpu_model"), "cpu_features": manifest["backend"].get("cpu_features"),
+            "error_vs_fp32": {name: stage["error_vs_fp32"] for name, stage in manifest["stages"].items()
+                              if "error_vs_fp32" in stage}}
+    return entries
 
 
 def _decode_flops_entry(state: Any) -> dict[str, Any]:

@@ -16,7 +16,16 @@ from ..errors import UsageError
 from ..geometry import check_seconds
 from ..models.specs import DEFAULT_SPEC, check_spec
 
-BACKENDS = ("torch", *ENGINE_BACKENDS)
+# a report "backend" is a backend at a precision: plain names run at their default (OpenVINO: the CPU's, auto)
+PRECISION_VARIANTS = ("torch-bf16", "openvino-fp32", "openvino-bf16", "openvino-int8")
+BACKENDS = ("torch", *ENGINE_BACKENDS, *PRECISION_VARIANTS)
+DEFAULT_BACKENDS = ("torch", *ENGINE_BACKENDS)
+
+
+def split_variant(name: str) -> tuple[str, str | None]:
+    """``"openvino-bf16"`` -> ``("openvino", "bf16")``; ``"torch"`` -> ``("torch", None)`` (its default precision)."""
+    backend, _, precision = name.partition("-")
+    return backend, precision or None
 DEFAULT_PROMPT = "a dog barking in the rain"
 
 
@@ -28,7 +37,9 @@ class ReportSettings:
         out: output folder (report.md, report.json, latency.png, speedup.png).
         model: model spec (default the tiny random AudioLDM2).
         seconds: audio durations.
-        backends: ``torch``, ``onnxruntime``, ``tensorrt`` (engines built with ``build_engines``).
+        backends: ``torch``, ``onnxruntime``, ``tensorrt``, ``openvino`` (engines built with ``build_engines``;
+            OpenVINO at the CPU's default precision), and precision variants: ``torch-bf16`` (the stock pipeline
+            after ``.to(torch.bfloat16)``), ``openvino-fp32``, ``openvino-bf16``, ``openvino-int8``.
         attention: ``full`` and/or ``litefocus``.
         steps: denoising steps per generation (``stages="all"``).
         repeats: timed repeats per configuration (medians are reported); ``warmup`` untimed runs before.
@@ -43,7 +54,7 @@ class ReportSettings:
     out: Path
     model: str = DEFAULT_SPEC
     seconds: tuple[float, ...] = (10.0, 20.0, 40.0, 80.0)
-    backends: tuple[str, ...] = BACKENDS
+    backends: tuple[str, ...] = DEFAULT_BACKENDS
     attention: tuple[str, ...] = ATTENTIONS
     steps: int = 10
     repeats: int = 3

@@ -140,6 +140,10 @@ class TorchGeneration:
 
         self.job = job
         self.pipe = load_pipeline(job["model"])
+        if job.get("dtype", "fp32") == "bf16":  # the stock pipeline cast as a user with a bf16 CPU would
+            import torch
+
+            self.pipe.to(torch.bfloat16)
         self.pipe.set_progress_bar_config(disable=True)
         self.config = LiteFocusConfig(sparse_ratio=job["sparse_ratio"], levels=tuple(job["levels"]), seed=job["seed"])
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backends import Stage, open_stage
+from ..backends import Runner, open_stage
 from ..contract import UNET, UNET_OUTPUT, draw_unet_samples
 from ..errors import EngineError
 from ..geometry import AudioGeometry
@@ -39,7 +39,7 @@ class EngineFolder:
             raise EngineError(f"{self.folder} is an {self.manifest['kind']!r} folder, not an engine folder "
                               f"(run litefocus-export build)")
         self.threads = threads
-        self._runners: dict[str, Stage] = {}
+        self._runners: dict[str, Runner] = {}
         for name in stages if stages is not None else tuple(self.manifest["stages"]):
             self._runners[name] = open_stage(self.manifest["backend"], inside(self.folder, self.stage(name)["engine"]),
                                              threads, self.stage(name))
@@ -83,12 +83,24 @@ class EngineFolder:
         limits = [int(stage["max_batch"]) for stage in self.manifest["stages"].values() if "max_batch" in stage]
         return min(limits) if limits else None
 
-    def runner(self, name: str) -> Stage:
+    def runner(self, name: str) -> Runner:
         """A callable ``feeds -> {output name: array}`` for stage ``name`` (opened at load)."""
         if name not in self._runners:
             self.stage(name)
             raise EngineError(f"{self.folder}: stage {name} was not opened (opened: {', '.join(self._runners)})")
         return self._runners[name]
+
+    def close(self) -> None:
+        """Close every opened stage's runner (their sessions, compiled models, engines)."""
+        for runner in self._runners.values():
+            runner.close()
+        self._runners.clear()
+
+    def __enter__(self) -> EngineFolder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def run(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run stage ``name`` on ``feeds`` (extra arrays are ignored)."""
@@ -100,7 +112,7 @@ class EngineFolder:
         """One UNet evaluation for a batch of requests: fresh LiteFocus samples, then ``noise_pred``.
 
         Each request draws every patched layer's sample from its own generator in execution order, as the
-        PyTorch path draws them (DESIGN.md §1), and its batch rows get that draw (``contract.draw_unet_samples``),
+        PyTorch path draws them (docs/design.md §1), and its batch rows get that draw (``contract.draw_unet_samples``),
         so a request's output does not depend on what it is batched with.
 
         Args:

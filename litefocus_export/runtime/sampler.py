@@ -1,4 +1,4 @@
-"""The full text-to-audio sampler on engines: numpy + the engine backend, no torch (DESIGN.md §5).
+"""The full text-to-audio sampler on engines: numpy + the engine backend, no torch (docs/design.md §5).
 
 Steps, as in the diffusers pipelines: 1. text conditioning, 2. initial noise, 3. denoising loop with
 classifier-free guidance (one batched UNet call per step, [uncond, cond]) and fresh LiteFocus samples
@@ -94,7 +94,7 @@ class Sampler:
         """Generate several requests with one UNet call per step; returns their trimmed waveforms, in order.
 
         Each request keeps its own prompt, negative prompt, guidance scale and seed (its own noise and its own
-        LiteFocus samples, DESIGN.md §1), so its waveform is the same alone or batched with any others. The
+        LiteFocus samples, docs/design.md §1), so its waveform is the same alone or batched with any others. The
         requests must share ``batch_key`` (latent length, steps, scheduler, guidance mode); more requests than
         the engines' batch limit (``max_requests``: TensorRT profiles) run as consecutive sub-batches. The text
         stages (``TextConditioner.encode_batch``: each row as it is alone, the language model with each row's own

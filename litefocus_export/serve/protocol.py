@@ -1,4 +1,4 @@
-"""The ``litefocus_audio`` model's inputs and outputs (DESIGN.md §6), and the checks of one request's tensors.
+"""The ``litefocus_audio`` model's inputs and outputs (docs/design.md §6), and the checks of one request's tensors.
 
 Torch-free and Triton-free: the python-backend model, the client and the tests share it.
 """

@@ -65,7 +65,8 @@ def _tensor(spec: TensorSpec, optional: bool) -> str:
 
 
 def config_pbtxt(folders: list[str], settings: ServingSettings) -> str:
-    """The model's ``config.pbtxt``: python backend, the tensors of DESIGN.md §6, dynamic batching, a bounded queue."""
+    """The model's ``config.pbtxt``: python backend, the tensors of docs/design.md §6, dynamic batching, a bounded
+    queue."""
     inputs = ",\n".join(_tensor(spec, not spec.required) for spec in INPUTS)
     outputs = ",\n".join(_tensor(spec, False) for spec in OUTPUTS)
     timeout = int(settings.request_timeout_s * 1e6)

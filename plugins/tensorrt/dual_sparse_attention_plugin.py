@@ -31,7 +31,7 @@ from typing import Any
 from litefocus_export.contract import OP_ATTRIBUTES, OP_DOMAIN, OP_TYPE, PLUGIN_NAMESPACE
 from litefocus_export.errors import BuildError
 
-# The plugin claims the ONNX node the export writes (DESIGN.md §2): the contract's names, not copies.
+# The plugin claims the ONNX node the export writes (docs/design.md §2): the contract's names, not copies.
 ONNX_DOMAIN, PLUGIN_NAME = OP_DOMAIN, OP_TYPE
 PLUGIN_ID = f"{PLUGIN_NAMESPACE}::{PLUGIN_NAME}"
 PLUGIN_VERSION = "1"
@@ -208,7 +208,7 @@ def _define_plugin(trtp: ModuleType, kernels: ModuleType) -> None:
 
     @trtp.autotune(PLUGIN_ID)
     def io_types(q, k, v, sample_index, outputs):
-        # q, k, v and the output share one float type; the sample is int64 (DESIGN.md §2)
+        # q, k, v and the output share one float type; the sample is int64 (docs/design.md §2)
         types = ", ".join([_IO_TYPES] * 3 + ["INT64", _IO_TYPES])
         return [trtp.AutoTuneCombination(types, "LINEAR")]
 

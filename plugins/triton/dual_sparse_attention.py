@@ -1,4 +1,4 @@
-"""LiteFocus dual sparse attention as one fused Triton kernel (DESIGN.md §1).
+"""LiteFocus dual sparse attention as one fused Triton kernel (docs/design.md §1).
 
 One program owns ``BLOCK_T`` query frames of one frequency bin ``f`` of one (batch, head). It streams the
 ``T`` same-frequency keys of that bin (tokens ``t * F + f``), then the ``M`` sampled keys (rows gathered

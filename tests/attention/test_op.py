@@ -1,4 +1,4 @@
-"""The op: reference vs dense SDPA form vs custom op, on the DESIGN.md §1 semantics."""
+"""The op: reference vs dense SDPA form vs custom op, on the docs/design.md §1 semantics."""
 
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ COMPONENTS = {
     "audioldm": {"vae", "text_encoder", "tokenizer", "unet", "scheduler", "vocoder"},
     "musicldm": {"vae", "text_encoder", "tokenizer", "feature_extractor", "unet", "scheduler", "vocoder"},
 }  # fmt: skip
-# Self-attention layers at the F = 8 level (down_blocks.1 + up_blocks.2), DESIGN.md §6.
+# Self-attention layers at the F = 8 level (down_blocks.1 + up_blocks.2), docs/design.md §6.
 F8_SELF_ATTENTIONS = {"audioldm2": 20, "audioldm": 10, "musicldm": 10}
 
 

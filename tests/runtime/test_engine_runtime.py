@@ -210,3 +210,18 @@ def test_unet_step_gives_each_request_its_own_samples(tiny_build):
     assert np.array_equal(default, batched)
     with pytest.raises(EngineError, match="needs explicit rows"):
         folder.unet_step(feeds, [np.random.default_rng(1)] * 3)
+
+
+def test_engine_folder_closes_its_runners(tiny_build):
+    """The runner lifecycle: an engine folder used as a context manager closes every stage it opened."""
+    from litefocus_export.runtime import EngineFolder
+
+    engines, _, _ = tiny_build
+    with EngineFolder(engines, stages=("vocoder",)) as folder:
+        runner = folder.runner("vocoder")
+        mel = np.zeros((1, 1, 8, 64), np.float32)
+        assert folder.run("vocoder", {"mel": mel})["waveform"].shape[0] == 1
+    with pytest.raises(EngineError, match="was closed"):
+        runner({"mel": mel})
+    with pytest.raises(EngineError, match="was not opened"):
+        folder.run("vocoder", {"mel": mel})

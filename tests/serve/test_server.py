@@ -148,3 +148,19 @@ def test_generated_repository_serves_on_tritonserver(two_profiles, tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
+
+
+def test_openvino_engines_serve_batched_requests_as_generate(openvino_fp32_engines):
+    """An OpenVINO engine folder behind the server: concurrent requests are batched, each equal to the request run
+    alone on the same folder."""
+    server = ServerProcess([openvino_fp32_engines], "--max-batch", "4", "--max-queue-delay-ms", "200")
+    try:
+        requests = [GenerationRequest(prompt=p, seconds=1.5, steps=2, seed=seed)
+                    for p, seed in [("rain", 1), ("wind in tall grass on a summer evening", 2), ("birds", 3)]]
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(lambda r: send(server.url, r), requests))
+        alone = Sampler(openvino_fp32_engines, progress=False)
+        for request, (waveform, rate) in zip(requests, answers):
+            assert rate == 16000 and rel(waveform, alone(request)) <= 1e-5, request
+    finally:
+        assert server.stop() == 0

@@ -71,9 +71,21 @@ class OrtStage:
             self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", shrink)
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.session is None:
+            raise EngineError(f"{self.name} was closed")
         try:
             results = self.session.run(None, {k: v for k, v in feeds.items() if k in self.inputs},
                                        self.run_options)
         except Exception as exc:  # noqa: BLE001 - ORT's own exception types (shapes, memory)
             raise EngineError(f"running {self.name} failed: {first_line(exc)}") from None
         return dict(zip(self.outputs, results))
+
+    def close(self) -> None:
+        """Free the session (its weights and arena); calling the stage afterwards is an error."""
+        self.session = None
+
+    def __enter__(self) -> OrtStage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -81,6 +81,8 @@ class CompressWeights:
         import nncf
 
         model = self.model() if callable(self.model) else self.model
+        if not logging.getLogger("litefocus_export").isEnabledFor(logging.DEBUG):
+            nncf.set_log_level(logging.ERROR)  # its statistics table and progress bar only with --debug
         return nncf.compress_weights(model, mode=getattr(nncf.CompressWeightsMode, INT8_MODE))
 
 

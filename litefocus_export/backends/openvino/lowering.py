@@ -1,4 +1,4 @@
-"""``ai.litefocus::DualSparseAttention`` in OpenVINO: the dense form of docs DESIGN §1 on OpenVINO's fused
+"""``ai.litefocus::DualSparseAttention`` in OpenVINO: the dense form of docs/design.md §1 on OpenVINO's fused
 ``ScaledDotProductAttention``, so no score matrix is ever materialised.
 
 The frequency bins are folded into the heads: queries ``(B, H, N, D) -> (B, H*F, T, D)``; each bin's keys are its

@@ -56,6 +56,8 @@ class OvStage:
         self.outputs = [sorted(port.get_names()) for port in self.compiled.outputs]
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.request is None:
+            raise EngineError(f"{self.name} was closed")
         try:
             results = self.request.infer({k: v for k, v in feeds.items() if k in self.inputs}, share_inputs=True)
         except Exception as exc:  # noqa: BLE001 - shape or type mismatches come as RuntimeError
@@ -67,6 +69,7 @@ class OvStage:
         return out
 
     def close(self) -> None:
+        """Free the compiled model; calling the stage afterwards is an error."""
         self.request = None
         self.compiled = None
 

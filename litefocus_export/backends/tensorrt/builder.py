@@ -47,7 +47,7 @@ def require_tensorrt(attention_impl: str = "native") -> Any:
 
 
 def tensorrt_backend_info(attention_impl: str = "native") -> dict[str, Any]:
-    """What an engine depends on, for the manifest and the engine cache key (DESIGN.md §4).
+    """What an engine depends on, for the manifest and the engine cache key (docs/design.md §4).
 
     ``{name, version, device, architecture ("sm_90"), attention_impl, min_version}``, plus
     ``plugin_id`` and ``plugin_hash`` with ``attention_impl="plugin"``.

@@ -62,7 +62,7 @@ def test_lowering_equals_the_reference(tmp_path, same, cross, samples, index_ran
 
 
 def test_duplicated_sample_counts_twice(tmp_path):
-    """A sampled key that is also a same-frequency key is scored twice (DESIGN §1), as in the reference."""
+    """A sampled key that is also a same-frequency key is scored twice (docs/design.md §1), as in the reference."""
     rng = np.random.default_rng(3)
     q, k, v = (rng.standard_normal((1, 1, 8, 4), dtype=np.float32) for _ in range(3))
     index = np.array([0, 0, 4], dtype=np.int64)  # token 0 twice; token 4 shares bin 0 with token 0

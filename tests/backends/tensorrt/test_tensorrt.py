@@ -62,7 +62,7 @@ class TestProfileShapes:
         assert shapes["encoder_hidden_states_1"] == ((1, 1, text_dim), (2, 64, text_dim), (2, 512, text_dim))
         assert shapes["encoder_attention_mask_1"] == ((1, 1), (2, 64), (2, 512))
         # M = floor(0.1 * ceil(T / 2) * 8): 25 -> 13 * 8 = 104 -> 10, 250 -> 1000 -> 100, 2000 -> 8000 -> 800
-        # one sample per batch row (DESIGN.md §2): the index's batch axis has the batch range
+        # one sample per batch row (docs/design.md §2): the index's batch axis has the batch range
         assert shapes["litefocus_index_8"] == tuple((20, b, m) for b, m in zip((1, 2, 2), samples))
         assert list(shapes) == list(inputs)
 
