@@ -61,8 +61,10 @@ def open_stage(backend: Mapping[str, Any], path: Path, threads: int = 0,
         from .openvino.runner import OvStage
 
         check_runs_here(dict(backend), cpu_features())
-        activations = (stage or {}).get("activations") or backend.get("activations", "fp32")
-        return OvStage(path, activations, threads)
+        stage = stage or {}
+        activations = stage.get("activations") or backend.get("activations", "fp32")
+        static = {"per_shape": True, "dynamic": False}.get(stage.get("openvino_compile", ""))
+        return OvStage(path, activations, threads, static_shapes=static)
     raise EngineError(f"unknown engine backend {name!r} in the manifest; this tool runs {', '.join(BACKENDS)}")
 
 

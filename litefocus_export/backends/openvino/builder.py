@@ -25,10 +25,10 @@ from ...contract import BATCH, EXAMPLE_TOKENS, LATENT_FRAMES, MEL_FRAMES, UNET, 
 from ...errors import BuildError, UsageError, first_line
 from ...geometry import AudioGeometry
 from .cpu import CpuFeatures, activation_precision, cpu_features, required_features, resolve_precision
-from .runner import OvStage
+from .runner import STATIC_STAGES, OvStage
 
 log = logging.getLogger(__name__)
-LOWERING_VERSION = 1  # part of the engine key: a change to lowering.py or the steps here rebuilds
+LOWERING_VERSION = 2  # part of the engine key: a change to lowering.py or the steps here rebuilds
 VALIDATION_SECONDS = 10.0  # stage errors are measured at min(this, the profile's longest duration)
 INT8_MODE = "INT8_ASYM"  # NNCF's data-free per-channel int8 weight compression
 
@@ -186,5 +186,6 @@ class OpenVinoBackend:
                      time.perf_counter() - start, self.validate_seconds, error["max_rel"], error["rms_rel"])
             stages[name] = {**desc, "engine": xml.name, "weights_file": xml.with_suffix(".bin").name,
                             "activations": self.activations, "openvino_rewrites": convert.rewrites,
+                            "openvino_compile": "per_shape" if name in STATIC_STAGES else "dynamic",
                             "error_vs_fp32": {**error, "seconds": self.validate_seconds, "reference": "onnxruntime"}}
         return stages

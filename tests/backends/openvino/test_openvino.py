@@ -125,7 +125,7 @@ def test_a_folder_for_bf16_units_is_refused_on_a_cpu_without_them(openvino_fp32_
 
 @pytest.mark.parametrize("args,env,message", [
     (["--precision", "bf16"], "bf16", "bf16 needs a CPU with AMX-BF16 or AVX512-BF16"),
-    (["--precision", "fp16"], "", "built from the fp32 export"),
+    (["--precision", "fp16"], "", "precision must be one of auto, fp32, bf16, int8 for the openvino backend"),
     (["--precision", "int4"], "", "'int4' is not one of"),
     (["--device", "cuda"], "", "builds for the CPU"),
     (["--precision", "fp32"], "amx,nosuch", "unknown feature 'nosuch'"),
@@ -179,8 +179,13 @@ def test_features_are_read_from_cpuinfo_and_can_be_forced_off(monkeypatch):
 @given(flags=st.lists(st.sampled_from(["amx_bf16", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx2", "sse4_2"])),
        off=st.text(max_size=30),
        requested=st.one_of(st.none(), st.text(max_size=8), st.sampled_from(OPENVINO_PRECISIONS)))
-def test_any_cpu_and_any_precision_resolve_or_say_why(monkeypatch, flags, off, requested):
-    monkeypatch.setenv(FEATURES_OFF_ENV, off.replace("\x00", ""))
+def test_any_cpu_and_any_precision_resolve_or_say_why(flags, off, requested):
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(FEATURES_OFF_ENV, off.replace("\x00", ""))
+        resolve_any(flags, off, requested)
+
+
+def resolve_any(flags: list[str], off: str, requested: str | None) -> None:
     try:
         features = cpu_features("flags\t: " + " ".join(flags) + "\n")
     except UsageError as exc:
@@ -205,3 +210,21 @@ def test_any_cpu_and_any_precision_resolve_or_say_why(monkeypatch, flags, off, r
 def features_hidden(off: str, name: str) -> bool:
     names = {n.strip().lower() for n in off.split(",")}
     return name in names or (name in ("amx", "avx512_bf16") and "bf16" in names)
+
+
+def test_large_stages_compile_per_shape_and_equal_the_dynamic_model(openvino_fp32_engines):
+    """Static per-shape compiles (what plans activation memory) give the dynamic model's outputs; the stage keeps
+    only its most recent shapes."""
+    from litefocus_export.backends.openvino.runner import OvStage
+
+    manifest = read_manifest(openvino_fp32_engines)
+    assert manifest["stages"]["unet"]["openvino_compile"] == "per_shape"
+    assert manifest["stages"]["text_encoder"]["openvino_compile"] == "dynamic"
+    path = openvino_fp32_engines / manifest["stages"]["vocoder"]["engine"]
+    rng = np.random.default_rng(0)
+    mels = [rng.standard_normal((1, 1, frames, 64), dtype=np.float32) for frames in (16, 24, 32, 16)]
+    with OvStage(path, static_shapes=True) as static, OvStage(path, static_shapes=False) as dynamic:
+        for mel in mels:
+            got, want = static({"mel": mel})["waveform"], dynamic({"mel": mel})["waveform"]
+            assert got.shape == want.shape and rel(got, want) <= 1e-5
+        assert len(static.compiled) == 2 and len(dynamic.compiled) == 1
