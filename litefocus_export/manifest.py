@@ -16,11 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import EngineError, first_line
+from .manifest_schema import FORMAT_VERSION, check_manifest
 
-# 2: the UNet's litefocus_index_<w> inputs are (L, batch, M), one sample per batch row (docs/design.md §2)
-FORMAT_VERSION = 2
-# folders of older formats are refused with "rebuild it": their engines take (L, M) samples
-MIN_FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 
 
@@ -78,8 +75,6 @@ def read_manifest(folder: str | os.PathLike, *, verify_hashes: bool = True) -> d
         EngineError: folder or manifest missing, too large, not JSON, the wrong shape, a newer format, a
             listed file missing, outside the folder, or changed.
     """
-    from .manifest_schema import check_manifest
-
     folder = Path(folder)
     path = folder / MANIFEST
     if not folder.is_dir():

@@ -17,6 +17,10 @@ from .choices import ATTENTIONS, ENGINE_BACKENDS, ENGINE_PRECISIONS
 from .contract import ALL_STAGES, PIPELINE_KINDS, check_levels, check_sparse_ratio
 from .errors import EngineError, UsageError
 
+# 2: the UNet's litefocus_index_<w> inputs are (L, batch, M), one sample per batch row (docs/design.md §2)
+FORMAT_VERSION = 2
+# folders of older formats are refused with "rebuild it": their engines take (L, M) samples
+MIN_FORMAT_VERSION = 2
 KINDS = ("export", "engine")
 MAX_FILES = 10_000
 MAX_DEPTH = 16
@@ -183,8 +187,6 @@ def check_manifest(data: Any, where: str = "manifest.json") -> dict[str, Any]:
     ``format_version`` is checked first, so a folder from a newer tool says "upgrade" whatever else changed,
     and one of an older format (below ``MIN_FORMAT_VERSION``) says "rebuild it".
     """
-    from .manifest import FORMAT_VERSION, MIN_FORMAT_VERSION
-
     if depth(data) > MAX_DEPTH:
         raise ManifestError(f"{where} is nested more than {MAX_DEPTH} levels deep")
     data = _dict(data, where)

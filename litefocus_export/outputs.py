@@ -125,7 +125,7 @@ def path_lock(target: Path) -> Iterator[None]:
     import fcntl
     import hashlib
 
-    from .backends.cache import cache_root
+    from .cache import cache_root
 
     locks = cache_root() / "locks"
     locks.mkdir(parents=True, exist_ok=True)

@@ -45,7 +45,7 @@ def variant_settings(variant: str) -> tuple[str, str, str | None]:
 def engine_folder(model: str, seconds: float, backend: str, attention: str, precision: str) -> Path:
     """The UNet-only engine folder of a variant (built, or reused from the cache)."""
     from litefocus_export.backends.build import BuildSettings, build_engines
-    from litefocus_export.backends.cache import cache_root
+    from litefocus_export.cache import cache_root
     from litefocus_export.export import ExportSettings
     from litefocus_export.profiles import DurationProfile
 

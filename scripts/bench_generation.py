@@ -74,7 +74,7 @@ def _timed(fn, *args) -> float:  # noqa: ANN001, ANN002
 
 def engine_folder(model: str, seconds: float, variant: str = "onnxruntime") -> Path:
     from litefocus_export.backends.build import BuildSettings, build_engines
-    from litefocus_export.backends.cache import cache_root
+    from litefocus_export.cache import cache_root
     from litefocus_export.export import ExportSettings
     from litefocus_export.profiles import DurationProfile
     from litefocus_export.report.settings import split_variant

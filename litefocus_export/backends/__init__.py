@@ -5,8 +5,8 @@ its torch-free runner together, with its own support code.
 - ``tensorrt/``: version/plugin support, profile shapes, ``TensorRTBackend`` (builder), ``TrtStage`` (runner);
 - ``openvino/``: the DualSparseAttention lowering, CPU features and precisions, ``OpenVinoBackend`` (builder),
   ``OvStage`` (runner);
-- ``cache.py``: cache keys and folders; ``build.py``: ``build_engines`` (export, memory check, then one backend's
-  build); ``memory.py``: the peak memory of a generation on the engines, from the export's graphs.
+- ``build.py``: ``build_engines`` (export, memory check, then one backend's build); ``memory.py``: the peak
+  memory of a generation on the engines, from the export's graphs.
 
 The runtime opens stages through :func:`open_stage`, by the backend an engine manifest names; importing
 this package loads no build code (``backends.build`` imports the export side).

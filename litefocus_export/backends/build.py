@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ..cache import cache_key, cache_root, folder_name
 from ..choices import EngineBackend
 from ..contract import DEFAULT_LEVELS, DEFAULT_SPARSE_RATIO, MIN_OPSET
 from ..errors import BuildError, EngineError, UsageError, check_choice
@@ -23,7 +24,6 @@ from ..models.specs import DEFAULT_SPEC, RANDOM_PREFIX, check_spec, spec_fingerp
 from ..outputs import check_output_folder, path_lock, staged_folder
 from ..profiles import DurationProfile
 from . import BACKENDS
-from .cache import cache_key, cache_root, folder_name
 from .memory import check_generation_memory
 from .tensorrt.support import ATTENTION_IMPLS
 

@@ -1,17 +1,22 @@
-"""The machine a report ran on: CPU model, cores, memory, OS and tool versions (no torch import)."""
+"""The machine a report ran on: CPU model, cores, memory, OS and tool versions; what its measuring processes used
+and why one failed (no torch import)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
 from ..manifest import tool_versions
 
-PACKAGES = ("litefocus-export", "torch", "onnxruntime", "onnxruntime-gpu", "tensorrt", "diffusers", "transformers",
-            "numpy")
+log = logging.getLogger(__name__)
+
+PACKAGES = ("litefocus-export", "torch", "onnxruntime", "onnxruntime-gpu", "openvino", "nncf", "tensorrt", "diffusers",
+            "transformers", "numpy")
 
 
 def cpu_model() -> str:
@@ -51,4 +56,14 @@ def process_status_mb(field: str) -> float | None:
     except OSError:
         return None
     return int(match.group(1)) / 1024 if match else None
+
+
+def failure_reason(proc: subprocess.CompletedProcess) -> str:
+    if proc.returncode < 0:
+        hint = " (out of memory?)" if proc.returncode == -9 else ""
+        return f"the measuring process was killed by signal {-proc.returncode}{hint}"
+    lines = [line.strip() for line in (proc.stderr or "").splitlines() if line.strip()]
+    log.debug("measuring process failed:\n%s", proc.stderr)
+    return lines[-1] if lines else f"the measuring process exited with code {proc.returncode}"
+
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LiteFocusError
+from .machine import failure_reason
 from .output import write_outputs
 from .settings import ENGINE_BACKENDS, ReportSettings, ReportState, config_stem, output_path, split_variant
 
@@ -74,7 +75,7 @@ def build_all(state: ReportState) -> None:
 
 def build_one(settings: ReportSettings, variant: str, attention: str) -> Path:
     from ..backends.build import BuildSettings, build_engines
-    from ..backends.cache import cache_root
+    from ..cache import cache_root
     from ..errors import BuildError
     from ..export import ExportSettings
     from ..profiles import DurationProfile
@@ -142,14 +143,3 @@ def measure_one(state: ReportState, seconds: float, backend: str, attention: str
     if proc.returncode != 0 or not result_file.is_file():
         return {**row, "status": "failed", "error": failure_reason(proc)}
     return {**row, "status": "ok", "error": None, "raw": json.loads(result_file.read_text())}
-
-
-def failure_reason(proc: subprocess.CompletedProcess) -> str:
-    if proc.returncode < 0:
-        hint = " (out of memory?)" if proc.returncode == -9 else ""
-        return f"the measuring process was killed by signal {-proc.returncode}{hint}"
-    lines = [line.strip() for line in (proc.stderr or "").splitlines() if line.strip()]
-    log.debug("measuring process failed:\n%s", proc.stderr)
-    return lines[-1] if lines else f"the measuring process exited with code {proc.returncode}"
-
-

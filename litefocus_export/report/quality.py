@@ -192,7 +192,7 @@ def score_all(state: Any, work: Path) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, "-m", "litefocus_export.report.quality", str(job_file), str(result_file)],
                           capture_output=True, text=True)
     if proc.returncode != 0 or not result_file.is_file():
-        from .matrix import failure_reason
+        from .machine import failure_reason
 
         reason = failure_reason(proc)
         log.warning("CLAP scoring failed: %s", reason)

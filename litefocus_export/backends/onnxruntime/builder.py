@@ -112,7 +112,7 @@ def rewrite_to_file(onnx_path: Path, out_path: Path, rewrite: Callable[[Any], di
 def backend_info(providers: list[str]) -> dict[str, Any]:
     import onnxruntime as ort
 
-    from ..cache import cpu_architecture
+    from ...cache import cpu_architecture
 
     info = {"name": "onnxruntime", "version": ort.__version__, "providers": providers,
             "device": device_of(providers), "architecture": cpu_architecture(),

@@ -137,7 +137,7 @@ def stage_error(onnx_path: Path, xml_path: Path, activations: str, feeds: dict[s
 def backend_info(precision: str, features: CpuFeatures) -> dict[str, Any]:
     import openvino as ov
 
-    from ..cache import cpu_architecture
+    from ...cache import cpu_architecture
 
     return {"name": "openvino", "version": ov.__version__, "device": "cpu", "architecture": cpu_architecture(),
             "precision": precision, "activations": activation_precision(precision, features),
