@@ -52,7 +52,8 @@ class ExportSettings:
         opset: ONNX opset, at least ``MIN_OPSET``.
         precision: ``"fp32"`` or ``"fp16"`` (the UNet; other stages stay fp32).
         stages: a subset of the pipeline's stages (None: all).
-        verify: compare every stage with PyTorch on ONNX Runtime after exporting.
+        verify: compare every stage with PyTorch on ONNX Runtime after exporting; an error beyond the precision's
+            tolerance (``verify.VERIFY_TOLERANCE``) fails the export in one line and writes no folder.
 
     Raises:
         UsageError: any value outside its range or choices.

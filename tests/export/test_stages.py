@@ -151,3 +151,22 @@ def test_external_data(exported, tmp_path):
         for path in (folder / "vocoder.onnx", tmp_path / "vocoder.onnx")
     ]
     np.testing.assert_array_equal(*runs)
+
+
+def test_verify_fails_past_the_tolerance_in_one_line_and_writes_nothing(tmp_path, monkeypatch):
+    """``export --verify`` is a check, not a report: an error past the precision's tolerance fails the export."""
+    from click.testing import CliRunner
+
+    from litefocus_export.cli import main
+    from litefocus_export.export import verify
+
+    out = tmp_path / "export"
+    args = ["export", "--stages", "vocoder", "--verify", "--out", str(out)]
+    monkeypatch.setitem(verify.STAGE_TOLERANCE, ("vocoder", "fp32"), 0.0)  # any rounding difference fails
+    result = CliRunner().invoke(main, args)
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert "vocoder max rel" in lines[0] and "beyond the fp32 tolerance" in lines[0]
+    assert not out.exists() and not list(tmp_path.glob(".*partial*"))
+    monkeypatch.delitem(verify.STAGE_TOLERANCE, ("vocoder", "fp32"))
+    assert CliRunner().invoke(main, args).exit_code == 0 and (out / "manifest.json").is_file()
