@@ -168,6 +168,24 @@ def quality_section(data: dict[str, Any]) -> list[str]:
     return ["## Quality", "", *table(header, rows), "", *notes, ""]
 
 
+def growth_section(data: dict[str, Any]) -> list[str]:
+    """The fitted exponent k of time ~ seconds^k per stage (and of peak memory), where two or more durations ran."""
+    from .output import GROWTH_KEYS
+
+    fits = [f for f in data.get("growth") or [] if len(set(f["seconds"])) >= 2]
+    if not fits:
+        return []
+    labels = {"unet_step_s": "UNet step", "conditioning_s": "conditioning", "vae_decode_s": "VAE decode",
+              "vocoder_s": "vocoder", "end_to_end_s": "end to end", "peak_rss_mb": "peak RSS"}
+    header = ["backend", "attention", "durations (s)"] + [f"k, {labels[key]}" for key in GROWTH_KEYS]
+    rows = [[f["backend"], f["attention"], ", ".join(f"{s:g}" for s in sorted(set(f["seconds"])))]
+            + [f"{f['exponents'][key]:.2f}" if f["exponents"][key] is not None else "-" for key in GROWTH_KEYS]
+            for f in fits]
+    note = ("k is the least-squares slope of log(value) against log(seconds): 1 grows linearly with the audio, 2 "
+            "quadratically (full attention over all tokens); a stage that did not run (UNet-only reports) is -.")
+    return ["## Growth with duration", "", *table(header, rows), "", note, ""]
+
+
 def precision_section(data: dict[str, Any]) -> list[str]:
     """Which precision each engine computes in, and its stages' errors against fp32 (a precision whose error is
     not shown is not offered)."""
@@ -208,5 +226,5 @@ def plots_section(data: dict[str, Any]) -> list[str]:
 
 def render_markdown(data: dict[str, Any]) -> str:
     sections = (header_section, latency_section, stages_section, flops_section, accuracy_section, quality_section,
-                precision_section, skipped_section, machine_section, plots_section)
+                growth_section, precision_section, skipped_section, machine_section, plots_section)
     return "\n".join(line for section in sections for line in section(data))

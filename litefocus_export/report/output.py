@@ -79,6 +79,35 @@ def base_row(raw_row: dict[str, Any], flops: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def growth_exponent(seconds: list[float], values: list[float]) -> float | None:
+    """``k`` of the least-squares fit ``value ~ c * seconds**k`` (log-log); None for fewer than two durations."""
+    points = [(s, v) for s, v in zip(seconds, values) if v is not None and v > 0]
+    if len({s for s, _ in points}) < 2:
+        return None
+    x, y = np.log([s for s, _ in points]), np.log([v for _, v in points])
+    return float(np.polyfit(x, y, 1)[0])
+
+
+GROWTH_KEYS = ("unet_step_s", "conditioning_s", "vae_decode_s", "vocoder_s", "end_to_end_s", "peak_rss_mb")
+
+
+def growth(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per backend and attention: the fitted exponent ``k`` of each stage's time (and the peak memory) against the
+    audio duration, over the measured durations."""
+    configs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["status"] == "ok":
+            configs.setdefault((row["backend"], row["attention"]), []).append(row)
+    fits = []
+    for (backend, attention), measured in configs.items():
+        values = {key: [(r.get("stages") or {}).get(key) if key not in ("unet_step_s", "end_to_end_s", "peak_rss_mb")
+                        else r.get(key) for r in measured] for key in GROWTH_KEYS}
+        seconds = [r["seconds"] for r in measured]
+        fits.append({"backend": backend, "attention": attention, "seconds": seconds,
+                     "exponents": {key: growth_exponent(seconds, v) for key, v in values.items()}})
+    return fits
+
+
 def speedup(row: dict[str, Any], other: dict[str, Any] | None) -> dict[str, float | None] | None:
     """``other``'s time over ``row``'s (how much faster ``row`` is)."""
     if other is None or other["status"] != "ok" or row["status"] != "ok":
@@ -145,6 +174,7 @@ def report_data(state: Any, work: Path) -> dict[str, Any]:
         "flops": {"formula": FORMULA, "context_tokens": CONTEXT_TOKENS, "per_duration": flops},
         **_decode_flops_entry(state),
         "rows": rows,
+        "growth": growth(rows),
         "plots": [],
         "notes": NOTES,
         **_quality_entry(state),

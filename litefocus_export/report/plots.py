@@ -9,6 +9,7 @@ from typing import Any
 LATENCY_PNG = "latency.png"
 SPEEDUP_PNG = "speedup.png"
 QUALITY_PNG = "quality.png"
+MEMORY_PNG = "memory.png"
 
 
 def _series(rows: list[dict[str, Any]], key: Any) -> dict[str, tuple[list[float], list[float]]]:
@@ -90,6 +91,17 @@ def speedup_plot(data: dict[str, Any], path: Path) -> None:
     _save(fig, path)
 
 
+def memory_plot(data: dict[str, Any], path: Path) -> None:
+    """Peak resident memory of each configuration's measuring process against the audio duration."""
+    import matplotlib.pyplot as plt
+
+    rows, seconds = data["rows"], data["settings"]["seconds"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    _plot(ax, _series(rows, lambda r: (f"{r['backend']} {r['attention']}", r.get("peak_rss_mb"))))
+    _axes(ax, seconds, "peak RSS (MB), log scale", "peak memory vs duration", log_y=True)
+    _save(fig, path)
+
+
 def quality_plot(data: dict[str, Any], path: Path) -> None:
     """``--quality``: CLAP score per configuration and log-mel distance of LiteFocus to full, vs duration."""
     import matplotlib.pyplot as plt
@@ -117,7 +129,8 @@ def write_plots(data: dict[str, Any], out: Path) -> list[str]:
     matplotlib.use("Agg")
     latency_plot(data, out / LATENCY_PNG)
     speedup_plot(data, out / SPEEDUP_PNG)
+    memory_plot(data, out / MEMORY_PNG)
     if not data.get("quality"):
-        return [LATENCY_PNG, SPEEDUP_PNG]
+        return [LATENCY_PNG, SPEEDUP_PNG, MEMORY_PNG]
     quality_plot(data, out / QUALITY_PNG)
-    return [LATENCY_PNG, SPEEDUP_PNG, QUALITY_PNG]
+    return [LATENCY_PNG, SPEEDUP_PNG, MEMORY_PNG, QUALITY_PNG]

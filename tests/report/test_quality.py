@@ -105,7 +105,7 @@ class TestReport:
 
     def test_quality_plot_beside_the_speedup_plot(self, quality_report):
         out, data, markdown = quality_report
-        assert data["plots"] == ["latency.png", "speedup.png", "quality.png"]
+        assert data["plots"] == ["latency.png", "speedup.png", "memory.png", "quality.png"]
         assert (out / "quality.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert "![quality](quality.png)" in markdown
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,8 @@ class TestFullReport:
     def test_outputs_exist_and_cover_the_matrix(self, full_report):
         out, data, _ = full_report
         assert data["schema_version"] == 1 and data["complete"] and not data["interrupted"]
-        assert {p.name for p in out.iterdir()} == {"report.md", "report.json", "latency.png", "speedup.png"}
+        assert {p.name for p in out.iterdir()} == {"report.md", "report.json", "latency.png", "speedup.png",
+                                                   "memory.png"}
         keys = {(r["seconds"], r["backend"], r["attention"]) for r in data["rows"]}
         assert keys == {(s, b, a) for s in (1.0, 2.0) for b in ("torch", "onnxruntime") for a in ("full", "litefocus")}
         for row in data["rows"]:
@@ -118,12 +120,26 @@ class TestFullReport:
         import matplotlib.image
 
         out, data, markdown = full_report
-        for name in ("latency.png", "speedup.png"):
+        for name in ("latency.png", "speedup.png", "memory.png"):
             assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
             height, width, _ = matplotlib.image.imread(out / name).shape
             assert height > 200 and width > 300
             assert f"({name})" in markdown
-        assert data["plots"] == ["latency.png", "speedup.png"]
+        assert data["plots"] == ["latency.png", "speedup.png", "memory.png"]
+
+    def test_growth_exponents_fit_the_measured_times(self, full_report):
+        """One exponent per configuration and stage: the log-log slope through the measured medians."""
+        _, data, markdown = full_report
+        lines = md_table(markdown, "Growth with duration")
+        assert len(lines) == len(data["growth"]) == 4
+        for fit, line in zip(data["growth"], lines):
+            rows = sorted((r for r in data["rows"] if (r["backend"], r["attention"]) == (fit["backend"],
+                                                                                        fit["attention"])),
+                          key=lambda r: r["seconds"])
+            (a, b) = rows
+            expected = math.log(b["unet_step_s"] / a["unet_step_s"]) / math.log(b["seconds"] / a["seconds"])
+            assert fit["exponents"]["unet_step_s"] == pytest.approx(expected)
+            assert line["k, UNet step"] == f"{expected:.2f}" and line["backend"] == fit["backend"]
 
     def test_machine_and_versions_are_recorded(self, full_report):
         _, data, markdown = full_report
@@ -177,3 +193,12 @@ def test_bad_options_are_one_line_usage_errors(tmp_path, args, message):
     result = CliRunner().invoke(main, ["report", *args, "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and message in result.output, result.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("k", [0.5, 1.0, 1.7, 2.0])
+def test_growth_exponent_recovers_a_power_law(k):
+    from litefocus_export.report.output import growth_exponent
+
+    seconds = [10.0, 20.0, 40.0, 80.0, 160.0, 320.0]
+    assert growth_exponent(seconds, [3.0 * s**k for s in seconds]) == pytest.approx(k)
+    assert growth_exponent([10.0, 10.0], [1.0, 2.0]) is None and growth_exponent([10.0, 20.0], [1.0, None]) is None
