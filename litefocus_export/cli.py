@@ -3,6 +3,9 @@
 Commands stay short: they parse options, build the steps and run them. Errors of the
 ``LiteFocusError`` family become one line on stderr (exit 2 for usage, 1 otherwise); ``--debug``
 shows the traceback.
+
+Why one module over ~400 lines: it is the command table (one short function per command plus the shared option
+groups); the work lives in the packages each command calls.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 import click
 
 from .audio import DEFAULT_FORMAT, WAV_FORMATS, write_wav
-from .choices import ATTENTIONS, ENGINE_BACKENDS, ENGINE_PRECISIONS, EXPORT_PRECISIONS
+from .choices import ATTENTION_POLICIES, ATTENTIONS, ENGINE_BACKENDS, ENGINE_PRECISIONS, EXPORT_PRECISIONS
 from .contract import DEFAULT_LEVELS, DEFAULT_SPARSE_RATIO, MIN_OPSET, check_levels, check_sparse_ratio
 from .errors import LiteFocusError, UsageError
 from .models.specs import DEFAULT_SPEC as DEFAULT_MODEL
@@ -100,15 +103,22 @@ def require_export_extra(command: str) -> None:
                          f"pip install 'litefocus-export[export]'")
 
 
-def attention_options(func):  # noqa: ANN001, ANN201
-    """--attention / --sparse-ratio / --levels, shared by generate, export and build."""
+def attention_options(func, choices: tuple[str, ...] = ATTENTION_POLICIES):  # noqa: ANN001, ANN201
+    """--attention / --sparse-ratio / --levels, shared by generate, export and build (``auto``: by length)."""
     func = click.option("--levels", default=DEFAULT_LEVELS_TEXT, show_default=True,
                         help="Comma-separated latent widths (frequency bins) of the levels to patch.")(func)
     func = click.option("--sparse-ratio", type=float, default=DEFAULT_SPARSE_RATIO, show_default=True,
                         help="Fraction of tokens sampled for cross-frequency compensation.")(func)
-    func = click.option("--attention", type=click.Choice(ATTENTIONS), default="litefocus",
-                        show_default=True, help="LiteFocus or the stock full attention.")(func)
+    func = click.option("--attention", type=click.Choice(choices), default="litefocus", show_default=True,
+                        help="LiteFocus or the stock full attention" + (
+                            "; auto: full attention up to 10.24 s (the checkpoints' training length), LiteFocus "
+                            "beyond (build: by the profile's longest duration)." if "auto" in choices else "."))(func)
     return func
+
+
+def concrete_attention_options(func):  # noqa: ANN001, ANN201
+    """``attention_options`` without ``auto``: an export has no duration to decide it by."""
+    return attention_options(func, ATTENTIONS)
 
 
 def litefocus_config(sparse_ratio: float, levels: str):  # noqa: ANN201
@@ -156,6 +166,7 @@ def generate(backend, model, engines, attention, sparse_ratio, levels, prompt, s
     --model, --attention, --sparse-ratio and --levels apply to the torch backend; engines were built with them.
     """
     from .outputs import check_output_file
+    from .profiles import resolve_attention
     from .request import GenerationRequest
 
     if backend == "torch" and engines is not None:
@@ -181,6 +192,7 @@ def generate(backend, model, engines, attention, sparse_ratio, levels, prompt, s
         from .pytorch import generate_torch
 
         config = litefocus_config(sparse_ratio, levels)
+        attention, _ = resolve_attention(attention, request.seconds)
         pipe = load_pipeline(model)
         waveform = generate_torch(pipe, request, attention=attention, config=config)
         sample_rate = pipeline_geometry(pipe).sample_rate
@@ -212,7 +224,7 @@ def export_settings(attention: str, sparse_ratio: float, levels: str, opset: int
 @main.command("export")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help=MODEL_HELP)
 @click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Output folder.")
-@attention_options
+@concrete_attention_options
 @click.option("--opset", type=int, default=MIN_OPSET, show_default=True)
 @click.option("--precision", type=click.Choice(EXPORT_PRECISIONS), default="fp32", show_default=True)
 @click.option("--stages", default=None, help="Comma-separated stages (default: all of the pipeline).")
@@ -260,12 +272,13 @@ def build(model, seconds, profile_text, backend, device, attention_impl, precisi
     """Export (cached) and build engines for one duration profile; refused when a generation at its longest
     duration would not fit in this machine's available memory (unless --skip-memory-check)."""
     from .backends.build import BuildSettings, build_engines
-    from .profiles import DurationProfile
+    from .profiles import DurationProfile, resolve_attention
 
     require_export_extra("build")
     if seconds and profile_text:
         raise UsageError("give --seconds or --profile, not both")
     profile = DurationProfile.parse(profile_text) if profile_text else DurationProfile.for_seconds(seconds or 10)
+    attention, policy = resolve_attention(attention, profile.max_s)
     if backend == "openvino":  # built from the fp32 export; the precision is OpenVINO's
         export_precision, engine_precision = "fp32", precision
     elif precision in (None, *EXPORT_PRECISIONS):
@@ -276,7 +289,7 @@ def build(model, seconds, profile_text, backend, device, attention_impl, precisi
     settings = BuildSettings(model=model, profile=profile, backend=backend, device=device,
                              attention_impl=attention_impl, skip_memory_check=skip_memory_check,
                              export=export_settings(attention, sparse_ratio, levels, precision=export_precision),
-                             engine_precision=engine_precision)
+                             engine_precision=engine_precision, attention_policy=policy)
     folder = build_engines(settings, out, force=force)
     precision = settings.precision
     lo, opt, hi = profile.latent_frames()
@@ -297,6 +310,10 @@ def inspect(folder) -> None:  # noqa: ANN001
     click.echo(f"{folder}: {m.get('kind')} folder, format {m['format_version']}, created {m.get('created')}")
     click.echo(f"  model      {m['model']['spec']} ({m['model']['pipeline']})")
     click.echo(f"  attention  {m['attention']}" + (f" {m['litefocus']}" if m.get("litefocus") else ""))
+    policy = m.get("attention_policy") or {}
+    if policy.get("requested") == "auto":
+        click.echo(f"  policy     auto: LiteFocus past {policy['litefocus_from_s']:g} s; this profile's longest "
+                   f"{policy['longest_s']:g} s -> {policy['chosen']}")
     click.echo(f"  precision  {m['precision']}")
     if "backend" in m:
         b = m["backend"]

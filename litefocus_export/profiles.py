@@ -12,6 +12,11 @@ from .errors import EngineError, UsageError
 from .geometry import DEFAULT_GEOMETRY, AudioGeometry, check_seconds
 
 MIN_SECONDS = 1.0
+# --attention auto: full attention up to this length, LiteFocus beyond. Measured (docs/report/report.md, 2 cores,
+# real-size AudioLDM2 UNet step): LiteFocus saves 1.15x at 10 s on ONNX Runtime (1.70 vs 1.96 s), 1.33x at 40 s,
+# 2.0x at 80 s. Up to the 10.24 s clips the checkpoints were trained on, the full model is what was trained and
+# LiteFocus buys little; past it the saving grows with length and is LiteFocus's reason to exist.
+LITEFOCUS_FROM_SECONDS = 10.24
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,21 @@ class DurationProfile:
     @classmethod
     def from_dict(cls, data: dict[str, float]) -> DurationProfile:
         return cls(data["min_s"], data["opt_s"], data["max_s"])
+
+
+def resolve_attention(requested: str, longest_seconds: float) -> tuple[str, dict[str, object]]:
+    """The attention for audio up to ``longest_seconds`` and the policy record the manifest keeps.
+
+    ``"auto"``: full attention up to ``LITEFOCUS_FROM_SECONDS``, LiteFocus beyond; an engine build decides once, by
+    its profile's longest duration (serve a short build beside a long one for both).
+    """
+    if requested not in ("full", "litefocus", "auto"):
+        raise UsageError(f"attention must be full, litefocus or auto, got {requested!r}")
+    if requested != "auto":
+        return requested, {"requested": requested}
+    chosen = "litefocus" if check_seconds(longest_seconds) > LITEFOCUS_FROM_SECONDS else "full"
+    return chosen, {"requested": "auto", "litefocus_from_s": LITEFOCUS_FROM_SECONDS, "longest_s": longest_seconds,
+                    "chosen": chosen}
 
 
 def require_covered(profiles: list[DurationProfile], seconds: float) -> DurationProfile:

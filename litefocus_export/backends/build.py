@@ -45,6 +45,7 @@ class BuildSettings:
         device: ONNX Runtime execution provider, ``"cpu"`` or ``"cuda"`` (OpenVINO: ``"cpu"``).
         attention_impl: TensorRT's LiteFocus implementation, ``"native"`` or ``"plugin"``.
         export: the ONNX export settings (attention, ratio, levels, precision).
+        attention_policy: how the attention was chosen (``profiles.resolve_attention``), kept in the manifest.
         engine_precision: OpenVINO only: ``"fp32"``, ``"bf16"``, ``"int8"``, or None / ``"auto"`` (bf16 where the CPU
             has bf16 units, else fp32); built from the fp32 export.
         skip_memory_check: build even when a generation at the profile's longest duration would need more
@@ -63,6 +64,7 @@ class BuildSettings:
     export: ExportSettings = field(default_factory=ExportSettings)
     skip_memory_check: bool = False
     engine_precision: str | None = None
+    attention_policy: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         check_spec(self.model)
@@ -238,6 +240,7 @@ def build_engines(settings: BuildSettings, out_root: str | os.PathLike = "engine
             data = {"kind": "engine", "engine_key": key, "model": export_manifest["model"],
                     "geometry": export_manifest["geometry"], "attention": export_manifest["attention"],
                     "litefocus": export_manifest["litefocus"],
+                    "attention_policy": settings.attention_policy or {"requested": export_manifest["attention"]},
                     "precision": backend.info.get("precision", export_manifest["precision"]),
                     "profiles": [settings.profile.to_dict()],
                     "latent_frames": list(settings.profile.latent_frames()),

@@ -1,5 +1,8 @@
 """Peak memory of one whole generation on the engines a build makes, computed from the export's ONNX graphs.
 
+Why one module over ~400 lines: the estimate is one walk (shapes, liveness, stage totals, the check); its parts
+have no other user.
+
 ``build`` refuses a profile whose longest generation would not fit in this machine's available memory
 (:func:`check_generation_memory`, unless ``--skip-memory-check``). The estimate is computed, not fitted:
 

@@ -1,5 +1,8 @@
 """Built-in model specs: every component config of the random pipelines, as plain dicts (torch-free).
 
+Why one module over ~400 lines: most of it is data (the config table of each published architecture, with its
+sources), which reads best in one place next to the spec parser.
+
 Real sizes follow the public checkpoints (cvssp/audioldm2, cvssp/audioldm-s-full-v2, ucsd-reach/musicldm)
 as diffusers' conversion scripts build them (``scripts/convert_original_<model>_to_diffusers.py``:
 ``model_channels`` 128, ``channel_mult`` (1, 2, 3, 5), attention at downsampling factors 2, 4, 8, VAE

@@ -6,6 +6,8 @@ from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
 
 from litefocus_export.backends.build import build_engines
 from litefocus_export.backends.onnxruntime.builder import OnnxRuntimeBackend
@@ -80,3 +82,38 @@ def test_onnxruntime_engine_runs_the_op_as_multihead_attention(tiny_build):
     assert not [p.name for p in engines.iterdir() if p.name.startswith(".rewritten-")]
     export_ops = [n.op_type for n in onnx.load(str(export_dir / "unet.onnx"), load_external_data=False).graph.node]
     assert export_ops.count("DualSparseAttention") == layers  # the export keeps the contract
+
+
+def test_attention_auto_follows_the_profile_and_is_recorded(tiny_build, tmp_path):
+    """``--attention auto``: full attention for a profile within the training length, LiteFocus past it; the
+    manifest says how it was chosen."""
+    from litefocus_export.profiles import LITEFOCUS_FROM_SECONDS
+
+    for seconds, chosen in (("5", "full"), ("20", "litefocus")):
+        result = CliRunner().invoke(main, ["-q", "build", "--attention", "auto", "--seconds", seconds,
+                                           "--out", str(tmp_path)])
+        assert result.exit_code == 0, result.output
+        folder = next(p for p in tmp_path.iterdir() if p.name.startswith(f"audioldm2-tiny-{seconds}s-{chosen}-"))
+        manifest = read_manifest(folder)
+        assert manifest["attention"] == chosen
+        assert manifest["attention_policy"] == {"requested": "auto", "litefocus_from_s": LITEFOCUS_FROM_SECONDS,
+                                                "longest_s": float(seconds), "chosen": chosen}
+        shown = CliRunner().invoke(main, ["inspect", str(folder)]).output
+        assert f"-> {chosen}" in shown
+
+
+@given(requested=st.one_of(st.sampled_from(["auto", "full", "litefocus"]), st.text(max_size=10)),
+       seconds=st.floats(min_value=0.5, max_value=600, allow_nan=False))
+def test_resolve_attention_decides_or_says_why(requested, seconds):
+    from litefocus_export.errors import UsageError
+    from litefocus_export.profiles import LITEFOCUS_FROM_SECONDS, resolve_attention
+
+    try:
+        chosen, policy = resolve_attention(requested, seconds)
+    except UsageError as exc:
+        assert requested not in ("auto", "full", "litefocus") and "\n" not in str(exc)
+        return
+    if requested == "auto":
+        assert chosen == ("litefocus" if seconds > LITEFOCUS_FROM_SECONDS else "full") == policy["chosen"]
+    else:
+        assert chosen == requested and policy == {"requested": requested}
