@@ -85,6 +85,15 @@ def engine_folder(model: str, seconds: float, variant: str = "onnxruntime") -> P
     return build_engines(settings, cache_root() / "report-engines")
 
 
+def memory_estimate_mb(engines: Path, seconds: float) -> float:
+    """What ``build`` estimated (``backends.memory``) for a generation of ``seconds`` on these engines."""
+    from litefocus_export.backends.memory import estimate_generation_memory
+    from litefocus_export.manifest import read_manifest
+
+    export = Path(read_manifest(engines, verify_hashes=False)["export"]["folder"])
+    return estimate_generation_memory(export, read_manifest(export, verify_hashes=False), seconds).total / 2**20
+
+
 def measure(job: dict, work: Path, env: dict[str, str]) -> dict:
     stem = f"{job['variant']}-{job['attention']}"
     job_file, result_file = work / f"{stem}.job.json", work / f"{stem}.result.json"
@@ -194,6 +203,9 @@ def main() -> None:
         for variant in (v for v in variants if v not in ("onnxruntime", "torch")):
             print(f"{variant}: log-mel distance to the fp32 ONNX Runtime engine's audio (same seed): "
                   f"{mel_distance_db(waveforms[variant], waveforms['onnxruntime'], rate_hz):.3f} dB")
+    for variant in engine_variants:
+        print(f"{variant}: peak RSS {results[variant]['peak_rss_mb']:.0f} MB; the build's memory estimate "
+              f"{memory_estimate_mb(engines[variant], args.seconds):.0f} MB")
     for variant, raw in results.items():
         between = raw.get("between_requests_rss_mb")
         if between:
