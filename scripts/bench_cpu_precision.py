@@ -18,15 +18,13 @@ without bf16 units) are listed as skipped.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from litefocus_export.report.measure import measure_in_process
 
 VARIANTS = ("stock-fp32", "stock-bf16", "openvino-full-bf16", "onnxruntime-fp32", "openvino-fp32", "openvino-bf16",
             "openvino-int8")
@@ -53,17 +51,6 @@ def engine_folder(model: str, seconds: float, backend: str, attention: str, prec
                              export=ExportSettings(attention=attention, stages=("unet",)),
                              engine_precision=precision if backend == "openvino" else None)
     return build_engines(settings, cache_root() / "report-engines")
-
-
-def measure(job: dict, work: Path) -> dict:
-    stem = job["variant"]
-    job_file, result_file = work / f"{stem}.job.json", work / f"{stem}.result.json"
-    job_file.write_text(json.dumps(job))
-    proc = subprocess.run([sys.executable, "-m", "litefocus_export.report.measure", str(job_file), str(result_file)],
-                          capture_output=True, text=True, env=dict(os.environ))
-    if proc.returncode != 0:
-        raise SystemExit(f"{stem} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
-    return json.loads(result_file.read_text())
 
 
 def main() -> None:
@@ -105,7 +92,7 @@ def main() -> None:
                        "repeats": args.repeats, "warmup": 1, "seed": 0, "threads": args.threads,
                        "sparse_ratio": 0.1, "levels": [8], "output": str(output) if round_index == 0 else None}
                 start = time.perf_counter()
-                results[variant].append(measure(job, Path(tmp)))
+                results[variant].append(measure_in_process(job, Path(tmp), variant))
                 print(f"round {round_index + 1}: {variant} step {np.median(results[variant][-1]['unet_step_s']):.2f} s "
                       f"({time.perf_counter() - start:.0f} s with load)", flush=True)
         outputs = {v: np.load(Path(tmp) / f"{v}.npy") for v in variants}

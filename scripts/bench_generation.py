@@ -19,15 +19,14 @@ server's view: resident memory between requests is printed). ``--chunk-frames`` 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from litefocus_export.report.measure import measure_in_process
 
 STAGES = (("conditioning", "conditioning"), ("unet_steps", "UNet steps"), ("vae_decode", "VAE decode"),
           ("vocoder", "vocoder"))
@@ -94,17 +93,6 @@ def memory_estimate_mb(engines: Path, seconds: float) -> float:
     return estimate_generation_memory(export, read_manifest(export, verify_hashes=False), seconds).total / 2**20
 
 
-def measure(job: dict, work: Path, env: dict[str, str]) -> dict:
-    stem = f"{job['variant']}-{job['attention']}"
-    job_file, result_file = work / f"{stem}.job.json", work / f"{stem}.result.json"
-    job_file.write_text(json.dumps(job))
-    proc = subprocess.run([sys.executable, "-m", "litefocus_export.report.measure", str(job_file), str(result_file)],
-                          capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"{stem} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
-    return json.loads(result_file.read_text())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="random:audioldm2")
@@ -150,7 +138,7 @@ def main() -> None:
                    "repeats": args.requests, "warmup": args.warmup, "seed": 0, "prompt": args.prompt,
                    "threads": args.threads, "sparse_ratio": 0.1, "levels": [8], "output": str(output)}
             start = time.perf_counter()
-            results[variant] = measure(job, Path(tmp), env)
+            results[variant] = measure_in_process(job, Path(tmp), f"{variant}-{attention}", env)
             waveforms[variant] = np.load(output)
             print(f"{variant}: measured in {time.perf_counter() - start:.0f} s", flush=True)
 

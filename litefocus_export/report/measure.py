@@ -122,6 +122,25 @@ def run_job(job: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray]:
     return {**times, "peak_rss_mb": max(peak_rss_mb(), PEAKS.overall_mb)}, output
 
 
+def measure_in_process(job: dict[str, Any], work: Path, stem: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``job`` in its own process (this module as a script) with its files in ``work``; returns its result.
+
+    Raises:
+        LiteFocusError: the process failed (its exit code and the end of its stderr).
+    """
+    import subprocess
+
+    from ..errors import LiteFocusError
+
+    job_file, result_file = work / f"{stem}.job.json", work / f"{stem}.result.json"
+    job_file.write_text(json.dumps(job))
+    proc = subprocess.run([sys.executable, "-m", "litefocus_export.report.measure", str(job_file), str(result_file)],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise LiteFocusError(f"{stem} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return json.loads(result_file.read_text())
+
+
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     job = json.loads(Path(argv[0]).read_text())

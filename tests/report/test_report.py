@@ -202,3 +202,13 @@ def test_growth_exponent_recovers_a_power_law(k):
     seconds = [10.0, 20.0, 40.0, 80.0, 160.0, 320.0]
     assert growth_exponent(seconds, [3.0 * s**k for s in seconds]) == pytest.approx(k)
     assert growth_exponent([10.0, 10.0], [1.0, 2.0]) is None and growth_exponent([10.0, 20.0], [1.0, None]) is None
+
+
+def test_a_failed_measuring_process_says_why(tmp_path):
+    from litefocus_export.errors import LiteFocusError
+    from litefocus_export.report.measure import measure_in_process
+
+    job = {"model": "random:no-such-model", "backend": "torch", "attention": "full", "seconds": 1.0, "stages": "unet",
+           "repeats": 1, "warmup": 0, "seed": 0, "threads": 1, "sparse_ratio": 0.1, "levels": [8], "output": None}
+    with pytest.raises(LiteFocusError, match="no-such-model failed"):
+        measure_in_process(job, tmp_path, "no-such-model")
