@@ -2,7 +2,8 @@
 
 The stage is OpenVINO IR (``.xml`` + ``.bin``, the weights memory-mapped), compiled here for this CPU with the
 folder's activation precision (``INFERENCE_PRECISION_HINT``): bf16 runs on the CPU's bf16 units, fp32 everywhere.
-Weights compressed to int8 at build time stay int8 in the file and are expanded inside the matrix kernels.
+Weights are stored in fp32 (fp32 builds) or fp16 (bf16 builds; int8 builds keep their compressed matrices int8)
+and converted by the plugin at compile.
 
 Large stages (``STATIC_STAGES``) are compiled per input shape: OpenVINO's CPU plugin plans and reuses activation
 memory only for static shapes. Measured on the real-size AudioLDM2 UNet at 80 s (bf16, batch 2, 2 threads, AMD
@@ -55,19 +56,21 @@ class OvStage:
     def __init__(self, path: Path, activations: str = "fp32", threads: int = 0, static_shapes: bool | None = None):
         import openvino as ov
 
-        self.name = Path(path).name
+        self.name, self.path = Path(path).name, Path(path)
         self.options = compile_options(activations, threads)
         self.static = Path(path).stem in STATIC_STAGES if static_shapes is None else static_shapes
         self.keep = STATIC_STAGES.get(Path(path).stem, 1)
         self.compiled: OrderedDict[tuple, Any] = OrderedDict()
         try:
             self.core = ov.Core()
-            self.model = self.core.read_model(str(path))
+            model = self.core.read_model(str(path))
+            self.inputs = {name for port in model.inputs for name in port.get_names()}
             if not self.static:
-                self._remember(None, self.core.compile_model(self.model, "CPU", self.options))
+                self._remember(None, self.core.compile_model(model, "CPU", self.options))
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses of its own
             raise EngineError(f"cannot load {self.name} in OpenVINO: {first_line(exc)}") from None
-        self.inputs = {name for port in self.model.inputs for name in port.get_names()}
+        # the model (its weights mapped from the .bin) is dropped once compiled: a bf16 compile holds its own copy,
+        # and the mapped fp32 pages it read would otherwise stay resident; a new shape reads the file again
         self.closed = False
 
     def _remember(self, shapes: tuple | None, compiled: Any) -> Any:
@@ -87,10 +90,10 @@ class OvStage:
         while len(self.compiled) >= self.keep:  # free older shapes before the new compile, not after
             self.compiled.popitem(last=False)
         wanted = dict(shapes)
-        self.model.reshape({port: list(wanted[next(n for n in port.get_names() if n in wanted)])
-                            for port in self.model.inputs})
+        model = self.core.read_model(str(self.path))
+        model.reshape({port: list(wanted[next(n for n in port.get_names() if n in wanted)]) for port in model.inputs})
         log.debug("compiling %s for %s", self.name, wanted)
-        return self._remember(shapes, self.core.compile_model(self.model, "CPU", self.options))
+        return self._remember(shapes, self.core.compile_model(model, "CPU", self.options))
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.closed:
@@ -110,7 +113,6 @@ class OvStage:
     def close(self) -> None:
         """Free the compiled models; calling the stage afterwards is an error."""
         self.compiled.clear()
-        self.model = None
         self.closed = True
 
     def __enter__(self) -> OvStage:
