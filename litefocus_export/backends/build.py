@@ -175,7 +175,7 @@ def engine_key(settings: BuildSettings, export_manifest: dict[str, Any], backend
                       "files": {k: v["sha256"] for k, v in export_manifest["files"].items()},
                       "litefocus": export_manifest.get("litefocus"), "stages": sorted(export_manifest["stages"]),
                       "profile": settings.profile.to_dict(), "precision": settings.export.precision,
-                      "backend": backend})
+                      "backend": backend, "attention_policy": settings.attention_policy})
 
 
 def engine_folder_name(settings: BuildSettings) -> str:

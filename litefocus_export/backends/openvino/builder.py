@@ -131,11 +131,10 @@ def stage_error(onnx_path: Path, xml_path: Path, activations: str, feeds: dict[s
     """The saved stage at ``activations`` vs ONNX Runtime running the export's fp32 graph, first output, same feeds."""
     from ..onnxruntime.runner import OrtStage
 
-    reference = OrtStage(onnx_path)
-    expected = reference(feeds)
+    with OrtStage(onnx_path) as reference:
+        expected, first = reference(feeds), reference.outputs[0]
     with OvStage(xml_path, activations) as stage:
         actual = stage(feeds)
-    first = reference.outputs[0]
     return relative_errors(actual[first], expected[first])
 
 
