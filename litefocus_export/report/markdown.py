@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .settings import GROWTH_KEYS
+
 NA = "-"
 
 
@@ -170,8 +172,6 @@ def quality_section(data: dict[str, Any]) -> list[str]:
 
 def growth_section(data: dict[str, Any]) -> list[str]:
     """The fitted exponent k of time ~ seconds^k per stage (and of peak memory), where two or more durations ran."""
-    from .output import GROWTH_KEYS
-
     fits = [f for f in data.get("growth") or [] if len(set(f["seconds"])) >= 2]
     if not fits:
         return []

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .settings import output_path, settings_dict
+from .settings import GROWTH_KEYS, output_path, settings_dict
 
 SCHEMA_VERSION = 1
 STAGE_KEYS = ("conditioning_s", "unet_steps_s", "vae_decode_s", "vocoder_s")
@@ -86,9 +86,6 @@ def growth_exponent(seconds: list[float], values: list[float]) -> float | None:
         return None
     x, y = np.log([s for s, _ in points]), np.log([v for _, v in points])
     return float(np.polyfit(x, y, 1)[0])
-
-
-GROWTH_KEYS = ("unet_step_s", "conditioning_s", "vae_decode_s", "vocoder_s", "end_to_end_s", "peak_rss_mb")
 
 
 def growth(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -20,6 +20,8 @@ from ..models.specs import DEFAULT_SPEC, check_spec
 PRECISION_VARIANTS = ("torch-bf16", "openvino-fp32", "openvino-bf16", "openvino-int8")
 BACKENDS = ("torch", *ENGINE_BACKENDS, *PRECISION_VARIANTS)
 DEFAULT_BACKENDS = ("torch", *ENGINE_BACKENDS)
+# what the report fits a growth exponent to (time ~ seconds^k): per-step and per-stage times, and peak memory
+GROWTH_KEYS = ("unet_step_s", "conditioning_s", "vae_decode_s", "vocoder_s", "end_to_end_s", "peak_rss_mb")
 
 
 def split_variant(name: str) -> tuple[str, str | None]:

@@ -84,9 +84,10 @@ def test_onnxruntime_engine_runs_the_op_as_multihead_attention(tiny_build):
     assert export_ops.count("DualSparseAttention") == layers  # the export keeps the contract
 
 
-def test_attention_auto_follows_the_profile_and_is_recorded(tiny_build, tmp_path):
+def test_attention_auto_follows_the_profile_and_is_recorded(tiny_build, tiny_full_export, tmp_path):
     """``--attention auto``: full attention for a profile within the training length, LiteFocus past it; the
-    manifest says how it was chosen."""
+    manifest says how it was chosen. (Both exports come from the session cache: ``tiny_full_export`` first, so the
+    full-attention one there is the verified export other tests read.)"""
     from litefocus_export.profiles import LITEFOCUS_FROM_SECONDS
 
     for seconds, chosen in (("5", "full"), ("20", "litefocus")):
