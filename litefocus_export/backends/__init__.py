@@ -14,7 +14,7 @@ this package loads no build code (``backends.build`` imports the export side).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,8 +22,6 @@ import numpy as np
 
 from ..choices import ENGINE_BACKENDS as BACKENDS
 from ..errors import EngineError
-
-Stage = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
 class Runner(Protocol):
@@ -68,4 +66,4 @@ def open_stage(backend: Mapping[str, Any], path: Path, threads: int = 0,
     raise EngineError(f"unknown engine backend {name!r} in the manifest; this tool runs {', '.join(BACKENDS)}")
 
 
-__all__ = ["BACKENDS", "Runner", "Stage", "open_stage"]
+__all__ = ["BACKENDS", "Runner", "open_stage"]
