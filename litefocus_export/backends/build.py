@@ -106,6 +106,12 @@ class BuildSettings:
 
         return default_precision(cpu_features())
 
+    @property
+    def attention_record(self) -> dict[str, Any]:
+        """How the attention was chosen, as the manifest keeps it: ``attention_policy``, or the attention asked for
+        (so a build that named the attention and one that did not share one key and one folder)."""
+        return self.attention_policy or {"requested": self.export.attention}
+
 
 def export_folder(settings: BuildSettings, stages: tuple[str, ...] | None) -> Path:
     """Where the cache keeps the export of ``settings`` with ``stages`` (None: every stage)."""
@@ -175,7 +181,7 @@ def engine_key(settings: BuildSettings, export_manifest: dict[str, Any], backend
                       "files": {k: v["sha256"] for k, v in export_manifest["files"].items()},
                       "litefocus": export_manifest.get("litefocus"), "stages": sorted(export_manifest["stages"]),
                       "profile": settings.profile.to_dict(), "precision": settings.export.precision,
-                      "backend": backend, "attention_policy": settings.attention_policy})
+                      "backend": backend, "attention_policy": settings.attention_record})
 
 
 def engine_folder_name(settings: BuildSettings) -> str:
@@ -240,7 +246,7 @@ def build_engines(settings: BuildSettings, out_root: str | os.PathLike = "engine
             data = {"kind": "engine", "engine_key": key, "model": export_manifest["model"],
                     "geometry": export_manifest["geometry"], "attention": export_manifest["attention"],
                     "litefocus": export_manifest["litefocus"],
-                    "attention_policy": settings.attention_policy or {"requested": export_manifest["attention"]},
+                    "attention_policy": settings.attention_record,
                     "precision": backend.info.get("precision", export_manifest["precision"]),
                     "profiles": [settings.profile.to_dict()],
                     "latent_frames": list(settings.profile.latent_frames()),

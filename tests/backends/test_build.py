@@ -13,7 +13,7 @@ from litefocus_export.backends.build import build_engines
 from litefocus_export.backends.onnxruntime.builder import OnnxRuntimeBackend
 from litefocus_export.cli import main
 from litefocus_export.manifest import read_manifest
-from litefocus_export.profiles import DurationProfile
+from litefocus_export.profiles import DurationProfile, resolve_attention
 
 
 def test_interrupted_build_leaves_earlier_engines_and_no_half_folder(tiny_build, monkeypatch):
@@ -64,6 +64,11 @@ def test_engine_key_covers_litefocus_settings_and_stages(tiny_build):
     other_ratio = {**manifest, "litefocus": {**manifest["litefocus"], "sparse_ratio": 0.2}}
     unet_only = {**manifest, "stages": {"unet": manifest["stages"]["unet"]}}
     assert len({key, engine_key(settings, other_ratio, backend), engine_key(settings, unet_only, backend)}) == 3
+    # the CLI names the attention it was asked for; the API may leave it out: one folder, one key
+    named = replace(settings, attention_policy={"requested": settings.export.attention})
+    assert engine_key(named, manifest, backend) == key
+    auto = replace(settings, attention_policy=resolve_attention("auto", settings.profile.max_s)[1])
+    assert engine_key(auto, manifest, backend) != key  # the manifest records the policy that chose it
 
 
 def test_onnxruntime_engine_runs_the_op_as_multihead_attention(tiny_build):
