@@ -1,15 +1,19 @@
 """One UNet step on the CPU, every precision and its honest peers, measured alternately in one run.
 
     python scripts/bench_cpu_precision.py --model random:audioldm2 --seconds 80 --threads 2 [--rounds 2]
+    python scripts/bench_cpu_precision.py --seconds 320 --warmup 0 \
+        --variants stock-fp32,onnxruntime-full-fp32,onnxruntime-fp32   # long audio: LiteFocus vs full, one backend
 
 Variants (batch 2, the same seeded inputs for all; ``report.measure`` jobs, one process each so peak RSS is its own):
 - ``stock-fp32``: the diffusers UNet, full attention (SDPA), fp32;
 - ``stock-bf16``: the same after ``.to(torch.bfloat16)``;
 - ``openvino-full-bf16``: the stock full-attention UNet exported to ONNX and built with OpenVINO in bf16 (what a
   user with a bf16 CPU would pick instead);
+- ``onnxruntime-full-fp32``: the stock full-attention UNet as an ONNX Runtime engine (LiteFocus's peer on its own
+  backend);
 - ``onnxruntime-fp32``: our ONNX Runtime LiteFocus engine;
 - ``openvino-fp32``, ``openvino-bf16``, ``openvino-int8``: our OpenVINO LiteFocus engines.
-Each round runs every variant once (warm-up call, then ``--repeats`` timed calls); the table shows the median over
+Each round runs every variant once (``--warmup`` calls, then ``--repeats`` timed calls); the table shows the median over
 rounds. Errors: full-attention variants against ``stock-fp32``, LiteFocus ones against ``onnxruntime-fp32`` (the
 same LiteFocus samples: every engine draws them from the same seed). Variants this CPU cannot run as asked (bf16
 without bf16 units) are listed as skipped.
@@ -26,8 +30,9 @@ import numpy as np
 
 from litefocus_export.report.measure import measure_in_process
 
-VARIANTS = ("stock-fp32", "stock-bf16", "openvino-full-bf16", "onnxruntime-fp32", "openvino-fp32", "openvino-bf16",
-            "openvino-int8")
+VARIANTS = ("stock-fp32", "stock-bf16", "openvino-full-bf16", "onnxruntime-full-fp32", "onnxruntime-fp32",
+            "openvino-fp32", "openvino-bf16", "openvino-int8")
+PEERS = ("stock-fp32", "stock-bf16", "openvino-full-bf16", "onnxruntime-full-fp32", "onnxruntime-fp32")
 REFERENCE = {"full": "stock-fp32", "litefocus": "onnxruntime-fp32"}
 
 
@@ -60,6 +65,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=1, help="passes over every variant (alternating)")
     parser.add_argument("--repeats", type=int, default=1, help="timed calls per variant and round")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls first (0 for long audio: minutes each)")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     args = parser.parse_args()
 
@@ -89,7 +95,7 @@ def main() -> None:
                 job = {"variant": variant, "model": args.model, "backend": backend, "attention": attention,
                        "engines": str(folders.get(variant)) if variant in folders else None,
                        "dtype": precision, "seconds": args.seconds, "stages": "unet", "steps": 1,
-                       "repeats": args.repeats, "warmup": 1, "seed": 0, "threads": args.threads,
+                       "repeats": args.repeats, "warmup": args.warmup, "seed": 0, "threads": args.threads,
                        "sparse_ratio": 0.1, "levels": [8], "output": str(output) if round_index == 0 else None}
                 start = time.perf_counter()
                 results[variant].append(measure_in_process(job, Path(tmp), variant))
@@ -100,10 +106,12 @@ def main() -> None:
     step = {v: float(np.median([t for r in results[v] for t in r["unet_step_s"]])) for v in variants}
     peak = {v: max(r["peak_rss_mb"] for r in results[v]) for v in variants}
     print(f"\nCPU: {features.describe()}; {args.threads} threads; {args.model}, "
-          f"{args.seconds:g} s, batch 2, UNet step, median of {args.rounds} round(s) x {args.repeats}\n")
-    print("| variant | UNet step | peak RSS | relative error (max / rms) | vs stock fp32 | vs stock bf16 | "
-          "vs OpenVINO full bf16 | vs ORT fp32 engine |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"{args.seconds:g} s, batch 2, UNet step, median of {args.rounds} round(s) x {args.repeats} "
+          f"after {args.warmup} warm-up call(s)\n")
+    peers = [peer for peer in PEERS if peer in step]
+    print("| variant | UNet step | peak RSS | relative error (max / rms) | "
+          + " | ".join(f"vs {peer}" for peer in peers) + " |")
+    print("|---|---|---|---|" + "---|" * len(peers))
     for variant in variants:
         _, attention, _ = variant_settings(variant)
         reference = REFERENCE[attention]
@@ -112,11 +120,10 @@ def main() -> None:
             diff = outputs[variant].astype(np.float64) - outputs[reference]
             error = (f"{np.abs(diff).max() / np.abs(outputs[reference]).max():.1e} / "
                      f"{np.linalg.norm(diff) / np.linalg.norm(outputs[reference]):.1e} vs {reference}")
-        ratios = [f"{step[peer] / step[variant]:.2f}x" if peer in step else "-"
-                  for peer in ("stock-fp32", "stock-bf16", "openvino-full-bf16", "onnxruntime-fp32")]
+        ratios = [f"{step[peer] / step[variant]:.2f}x" for peer in peers]
         print(f"| {variant} | {step[variant]:.2f} s | {peak[variant]:.0f} MB | {error} | {' | '.join(ratios)} |")
     for variant, reason in skipped.items():
-        print(f"| {variant} | skipped: {reason} | | | | | | |")
+        print(f"| {variant} | skipped: {reason} | | |" + " |" * len(peers))
 
 
 if __name__ == "__main__":
