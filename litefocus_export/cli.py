@@ -17,13 +17,13 @@ from pathlib import Path
 
 import click
 
-from .audio import DEFAULT_FORMAT, WAV_FORMATS, write_wav
-from .choices import ATTENTION_POLICIES, ATTENTIONS, ENGINE_BACKENDS, ENGINE_PRECISIONS, EXPORT_PRECISIONS
-from .contract import DEFAULT_LEVELS, DEFAULT_SPARSE_RATIO, MIN_OPSET, check_levels, check_sparse_ratio
-from .errors import LiteFocusError, UsageError
+from .artifacts.audio import DEFAULT_FORMAT, WAV_FORMATS, write_wav
+from .artifacts.outputs import check_not_terminated, request_termination
+from .core.choices import ATTENTION_POLICIES, ATTENTIONS, ENGINE_BACKENDS, ENGINE_PRECISIONS, EXPORT_PRECISIONS
+from .core.contract import DEFAULT_LEVELS, DEFAULT_SPARSE_RATIO, MIN_OPSET, check_levels, check_sparse_ratio
+from .core.errors import LiteFocusError, UsageError
 from .models.specs import DEFAULT_SPEC as DEFAULT_MODEL
 from .models.specs import check_spec
-from .outputs import check_not_terminated, request_termination
 
 log = logging.getLogger("litefocus_export")
 DEFAULT_LEVELS_TEXT = ",".join(map(str, DEFAULT_LEVELS))
@@ -165,9 +165,9 @@ def generate(backend, model, engines, attention, sparse_ratio, levels, prompt, s
 
     --model, --attention, --sparse-ratio and --levels apply to the torch backend; engines were built with them.
     """
-    from .outputs import check_output_file
-    from .profiles import resolve_attention
-    from .request import GenerationRequest
+    from .artifacts.outputs import check_output_file
+    from .core.durations import resolve_attention
+    from .core.request import GenerationRequest
 
     if backend == "torch" and engines is not None:
         raise UsageError("--engines goes with the engines backend, not --backend torch")
@@ -272,7 +272,7 @@ def build(model, seconds, profile_text, backend, device, attention_impl, precisi
     """Export (cached) and build engines for one duration profile; refused when a generation at its longest
     duration would not fit in this machine's available memory (unless --skip-memory-check)."""
     from .backends.build import BuildSettings, build_engines
-    from .profiles import DurationProfile, resolve_attention
+    from .core.durations import DurationProfile, resolve_attention
 
     require_export_extra("build")
     if seconds and profile_text:
@@ -304,7 +304,7 @@ def build(model, seconds, profile_text, backend, device, attention_impl, precisi
 @click.argument("folder", type=click.Path(path_type=Path))
 def inspect(folder) -> None:  # noqa: ANN001
     """Print a summary of an engine or export folder's manifest."""
-    from .manifest import read_manifest
+    from .artifacts.manifest import read_manifest
 
     m = read_manifest(folder)
     click.echo(f"{folder}: {m.get('kind')} folder, format {m['format_version']}, created {m.get('created')}")
@@ -452,8 +452,8 @@ def triton_repo(engine_dirs, out, copy, **serving) -> None:  # noqa: ANN001
 def request(url, timeout, prompt, seconds, steps, seed, guidance, negative_prompt, scheduler, out,  # noqa: ANN001
             wav_format) -> None:
     """Send one request to a running server and write the WAV it returns."""
-    from .outputs import check_output_file
-    from .request import GenerationRequest
+    from .artifacts.outputs import check_output_file
+    from .core.request import GenerationRequest
     from .serve.client import send
 
     generation = GenerationRequest(prompt=prompt, seconds=seconds, steps=steps, seed=seed, guidance=guidance,

@@ -1,7 +1,7 @@
 """The PyTorch backend: a diffusers pipeline, patched or not, driven like the engine runtime.
 
 It is the reference the engines are compared with. Initial noise and LiteFocus samples come from the
-same numpy streams the runtime uses (``sampling.seeded_streams``), so one seed gives the same audio
+same numpy streams the runtime uses (``core.seeds.seeded_streams``), so one seed gives the same audio
 on every backend.
 """
 
@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .request import GenerationRequest, SchedulerName
-from .sampling import initial_noise, seeded_streams
+from .core.request import GenerationRequest, SchedulerName
+from .core.seeds import initial_noise, seeded_streams
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ def one_forward(seconds: float, impl: str, threads: int, repeats: int) -> dict:
     import torch
 
     from litefocus_export.attention import LiteFocusConfig, patch_unet
-    from litefocus_export.contract import example_unet_feeds, unet_call_arguments, unet_inputs
+    from litefocus_export.core.contract import example_unet_feeds, unet_call_arguments, unet_inputs
     from litefocus_export.models import load_unet, model_facts
 
     torch.set_num_threads(threads)

@@ -30,7 +30,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from litefocus_export.backends.onnxruntime import OrtStage
-    from litefocus_export.contract import MAX_NEW_TOKENS_KEY, TEXT_STAGES
+    from litefocus_export.core.contract import MAX_NEW_TOKENS_KEY, TEXT_STAGES
     from litefocus_export.export.stages import export_stages
     from litefocus_export.models import load_pipeline, pipeline_kind
     from litefocus_export.runtime.conditioning import TextConditioner

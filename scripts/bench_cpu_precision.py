@@ -47,10 +47,10 @@ def variant_settings(variant: str) -> tuple[str, str, str | None]:
 
 def engine_folder(model: str, seconds: float, backend: str, attention: str, precision: str) -> Path:
     """The UNet-only engine folder of a variant (built, or reused from the cache)."""
+    from litefocus_export.artifacts.cache import cache_root
     from litefocus_export.backends.build import BuildSettings, build_engines
-    from litefocus_export.cache import cache_root
+    from litefocus_export.core.durations import DurationProfile
     from litefocus_export.export import ExportSettings
-    from litefocus_export.profiles import DurationProfile
 
     settings = BuildSettings(model=model, profile=DurationProfile.for_seconds(seconds), backend=backend,
                              export=ExportSettings(attention=attention, stages=("unet",)),

@@ -20,7 +20,7 @@ from litefocus_export.report.measure import peak_rss_mb  # VmHWM: ru_maxrss keep
 def time_engine(folder: str, seconds: float, threads: int, raw: bool) -> dict:
     """One UNet step on the engine folder, or (``raw``) on the un-optimised export it was built from."""
     from litefocus_export.backends.onnxruntime import OrtStage
-    from litefocus_export.contract import UNET, example_unet_feeds
+    from litefocus_export.core.contract import UNET, example_unet_feeds
     from litefocus_export.runtime import EngineFolder
 
     engines = EngineFolder(folder, threads=threads, stages=(UNET,))
@@ -52,8 +52,8 @@ def main() -> None:
         print(json.dumps(result))
         return
     from litefocus_export.backends.build import BuildSettings, build_engines
+    from litefocus_export.core.durations import DurationProfile
     from litefocus_export.export import ExportSettings
-    from litefocus_export.profiles import DurationProfile
 
     start = time.perf_counter()
     settings = BuildSettings(model="random:audioldm2", profile=DurationProfile.for_seconds(args.seconds),

@@ -72,10 +72,10 @@ def _timed(fn, *args) -> float:  # noqa: ANN001, ANN002
 
 
 def engine_folder(model: str, seconds: float, variant: str = "onnxruntime") -> Path:
+    from litefocus_export.artifacts.cache import cache_root
     from litefocus_export.backends.build import BuildSettings, build_engines
-    from litefocus_export.cache import cache_root
+    from litefocus_export.core.durations import DurationProfile
     from litefocus_export.export import ExportSettings
-    from litefocus_export.profiles import DurationProfile
     from litefocus_export.report.settings import split_variant
 
     backend, precision = split_variant(variant)
@@ -86,8 +86,8 @@ def engine_folder(model: str, seconds: float, variant: str = "onnxruntime") -> P
 
 def memory_estimate_mb(engines: Path, seconds: float) -> float:
     """What ``build`` estimated (``backends.memory``) for a generation of ``seconds`` on these engines."""
-    from litefocus_export.backends.memory import estimate_generation_memory
-    from litefocus_export.manifest import read_manifest
+    from litefocus_export.artifacts.manifest import read_manifest
+    from litefocus_export.backends.onnxruntime.memory import estimate_generation_memory
 
     export = Path(read_manifest(engines, verify_hashes=False)["export"]["folder"])
     return estimate_generation_memory(export, read_manifest(export, verify_hashes=False), seconds).total / 2**20

@@ -67,8 +67,8 @@ import numpy as np
 import onnxruntime as ort
 
 from litefocus_export.backends.tensorrt import TrtStage
-from litefocus_export.contract import example_unet_feeds
-from litefocus_export.manifest import read_manifest
+from litefocus_export.core.contract import example_unet_feeds
+from litefocus_export.artifacts.manifest import read_manifest
 
 folder, impl = Path(sys.argv[1]), sys.argv[2]
 manifest = read_manifest(folder)

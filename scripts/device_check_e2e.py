@@ -52,8 +52,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from litefocus_export.errors import first_line
-from litefocus_export.kernels import plugin_module
+from litefocus_export.core.errors import first_line
+from litefocus_export.core.kernels import plugin_module
 from litefocus_export.report.measure import peak_rss_mb  # VmHWM of this process
 from litefocus_export.report.output import median, ratio
 
@@ -436,7 +436,7 @@ class Check:
         return self.attention.LiteFocusConfig(sparse_ratio=self.args.sparse_ratio, seed=self.args.seed)
 
     def random_samples(self) -> Any:
-        from litefocus_export.sampling import seeded_streams
+        from litefocus_export.core.seeds import seeded_streams
 
         return self.attention.RandomSamples(self.args.sparse_ratio, generator=seeded_streams(self.args.seed)[1])
 
@@ -450,7 +450,7 @@ class Check:
 
     def inputs(self, seconds: float, dtype: str, device: Any = None) -> tuple[Any, Any, dict[str, Any]]:
         """Seeded batch-2 UNet inputs (``contract.example_unet_feeds``) as (sample, timestep, kwargs)."""
-        from litefocus_export.contract import example_unet_feeds, unet_call_arguments, unet_inputs
+        from litefocus_export.core.contract import example_unet_feeds, unet_call_arguments, unet_inputs
 
         facts, torch = self.facts, self.torch
         descriptions = unet_inputs(facts.kind, facts.unet_config, facts.geometry.latent_freq_bins)
@@ -743,8 +743,8 @@ class Check:
 
     def generation(self) -> None:
         from litefocus_export import load_pipeline
+        from litefocus_export.core.request import GenerationRequest
         from litefocus_export.pytorch import generate_torch
-        from litefocus_export.request import GenerationRequest
 
         args, dev = self.args, self.dev
         dtype = self.dtypes[0]
@@ -983,7 +983,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, str(REPO))
     import torch
 
-    from litefocus_export.errors import UsageError
+    from litefocus_export.core.errors import UsageError
 
     def usage(message: str) -> int:
         print(f"device_check_e2e: error: {message}", file=sys.stderr)

@@ -21,8 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from litefocus_export.errors import EngineError
-from litefocus_export.request import GenerationRequest
+from litefocus_export.core.errors import EngineError
+from litefocus_export.core.request import GenerationRequest
 from litefocus_export.serve.client import send
 from litefocus_export.serve.process import ServerProcess
 

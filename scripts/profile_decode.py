@@ -109,10 +109,10 @@ def main() -> None:
         profile_torch(args.torch, args.seconds, args.threads, stages)
         return
 
-    from litefocus_export.geometry import AudioGeometry
-    from litefocus_export.manifest import read_manifest
+    from litefocus_export.artifacts.manifest import read_manifest
+    from litefocus_export.core.geometry import AudioGeometry
+    from litefocus_export.core.vocoder_field import VocoderField
     from litefocus_export.runtime.decode import chunked_vocode
-    from litefocus_export.vocoder_field import VocoderField
 
     folder = Path(args.engines)
     manifest = read_manifest(folder)

@@ -57,8 +57,8 @@ def tiny_build(tmp_path_factory: pytest.TempPathFactory, litefocus_cache: Any) -
     Returns ``(engine folder, export folder, settings)``; the export lives in the session cache.
     """
     from litefocus_export.backends.build import BuildSettings, build_engines, cached_export
+    from litefocus_export.core.durations import DurationProfile
     from litefocus_export.export import ExportSettings
-    from litefocus_export.profiles import DurationProfile
 
     settings = BuildSettings(profile=DurationProfile.for_seconds(80), export=ExportSettings(verify=True))
     engines = build_engines(settings, tmp_path_factory.mktemp("build") / "engines")
@@ -83,7 +83,7 @@ def openvino_engines(tiny_build: Any, tmp_path_factory: pytest.TempPathFactory) 
     from dataclasses import replace
 
     from litefocus_export.backends.build import build_engines
-    from litefocus_export.profiles import DurationProfile
+    from litefocus_export.core.durations import DurationProfile
 
     _, _, settings = tiny_build
     out = tmp_path_factory.mktemp("openvino")

@@ -16,8 +16,8 @@ from onnxscript import FLOAT, INT64, script
 from onnxscript import opset18 as op
 from onnxscript.values import Op, Opset
 
-from ..contract import MIN_OPSET, OP_DOMAIN, OP_DOMAIN_VERSION, OP_TYPE, PLUGIN_NAMESPACE
-from ..errors import ExportError
+from ..core.contract import MIN_OPSET, OP_DOMAIN, OP_DOMAIN_VERSION, OP_TYPE, PLUGIN_NAMESPACE
+from ..core.errors import ExportError
 
 litefocus = Opset(OP_DOMAIN, OP_DOMAIN_VERSION)
 

@@ -92,7 +92,7 @@ def _register_triton_cuda_kernel() -> None:
     if interpreter or importlib.util.find_spec("triton") is None:
         return
 
-    from ..kernels import plugin_module
+    from ..core.kernels import plugin_module
 
     @functools.cache
     def kernel_module():  # noqa: ANN202

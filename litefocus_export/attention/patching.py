@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..contract import CONTEXT_FREE_KINDS
-from ..errors import UsageError
-from ..geometry import level_width
+from ..core.contract import CONTEXT_FREE_KINDS
+from ..core.errors import UsageError
+from ..core.geometry import level_width
 from .config import LiteFocusConfig
 from .processor import LiteFocusAttnProcessor
 from .samples import RandomSamples, SampleSource

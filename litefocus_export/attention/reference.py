@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import UsageError
+from ..core.errors import UsageError
 
 
 def check_inputs(

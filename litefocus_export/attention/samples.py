@@ -15,8 +15,8 @@ from typing import Protocol
 
 import numpy as np
 
-from ..errors import UsageError
-from ..sampling import draw_sample_index, seeded_streams
+from ..core.errors import UsageError
+from ..core.seeds import draw_sample_index, seeded_streams
 
 
 class SampleSource(Protocol):

@@ -1,12 +1,12 @@
 """Engine backends, one subpackage each (polygraphy's ``backend/<name>/``): its builder (loader steps) and
 its torch-free runner together, with its own support code.
 
-- ``onnxruntime/``: graph rewrites, ``OnnxRuntimeBackend`` (builder), ``OrtStage`` (runner);
+- ``onnxruntime/``: graph rewrites, ``OnnxRuntimeBackend`` (builder), ``OrtStage`` (runner), ``memory.py`` (the
+  peak memory of a generation on the engines, from the engine graphs);
 - ``tensorrt/``: version/plugin support, profile shapes, ``TensorRTBackend`` (builder), ``TrtStage`` (runner);
 - ``openvino/``: the DualSparseAttention lowering, CPU features and precisions, ``OpenVinoBackend`` (builder),
   ``OvStage`` (runner);
-- ``build.py``: ``build_engines`` (export, memory check, then one backend's build); ``memory.py``: the peak
-  memory of a generation on the engines, from the export's graphs.
+- ``build.py``: ``build_engines`` (export, memory check, then one backend's build).
 
 The runtime opens stages through :func:`open_stage`, by the backend an engine manifest names; importing
 this package loads no build code (``backends.build`` imports the export side).
@@ -20,8 +20,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..choices import ENGINE_BACKENDS as BACKENDS
-from ..errors import EngineError
+from ..core.choices import ENGINE_BACKENDS as BACKENDS
+from ..core.errors import EngineError
 
 
 class Runner(Protocol):

@@ -14,17 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..cache import cache_key, cache_root, folder_name
-from ..choices import EngineBackend
-from ..contract import DEFAULT_LEVELS, DEFAULT_SPARSE_RATIO, MIN_OPSET
-from ..errors import BuildError, EngineError, UsageError, check_choice
+from ..artifacts.cache import cache_key, cache_root, folder_name
+from ..artifacts.manifest import read_manifest, sha256_file, tool_versions, write_manifest
+from ..artifacts.outputs import check_output_folder, path_lock, staged_folder
+from ..core.choices import EngineBackend
+from ..core.contract import DEFAULT_LEVELS, DEFAULT_SPARSE_RATIO, MIN_OPSET
+from ..core.durations import DurationProfile
+from ..core.errors import BuildError, EngineError, UsageError, check_choice
 from ..export import EXPORT_FORMAT, ExportSettings
-from ..manifest import read_manifest, sha256_file, tool_versions, write_manifest
 from ..models.specs import DEFAULT_SPEC, RANDOM_PREFIX, check_spec, spec_fingerprint
-from ..outputs import check_output_folder, path_lock, staged_folder
-from ..profiles import DurationProfile
 from . import BACKENDS
-from .memory import check_generation_memory
+from .onnxruntime.memory import check_generation_memory
 from .tensorrt.support import ATTENTION_IMPLS
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class BuildSettings:
         engine_precision: OpenVINO only: ``"fp32"``, ``"bf16"``, ``"int8"``, or None / ``"auto"`` (bf16 where the CPU
             has bf16 units, else fp32); built from the fp32 export.
         skip_memory_check: build even when a generation at the profile's longest duration would need more
-            memory than this machine has available (default False: refused, ``backends/memory.py``); for a
+            memory than this machine has available (default False: refused, ``backends/onnxruntime/memory.py``); for a
             build made here for a host with more memory.
 
     Raises:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..choices import ATTENTIONS, EXPORT_PRECISIONS
-from ..contract import (
+from ..core.choices import ATTENTIONS, EXPORT_PRECISIONS
+from ..core.contract import (
     ALL_STAGES,
     DEFAULT_LEVELS,
     DEFAULT_SPARSE_RATIO,
@@ -23,7 +23,7 @@ from ..contract import (
     check_sparse_ratio,
     select_stages,
 )
-from ..errors import ExportError, UsageError, check_choice, first_line
+from ..core.errors import ExportError, UsageError, check_choice, first_line
 from ..models.specs import check_spec
 
 log = logging.getLogger(__name__)
@@ -115,10 +115,10 @@ def export_pipeline(spec: str, out_dir: str | os.PathLike, settings: ExportSetti
         UsageError: bad settings, unknown stage, unwritable or foreign output folder, unknown model.
         ExportError: the export itself failed or broke the custom-op contract.
     """
-    from ..manifest import tool_versions, write_manifest
+    from ..artifacts.manifest import tool_versions, write_manifest
+    from ..artifacts.outputs import check_output_folder, path_lock, staged_folder
     from ..models import load_pipeline, pipeline_geometry, pipeline_kind
     from ..models.specs import model_record
-    from ..outputs import check_output_folder, path_lock, staged_folder
     from .stages import export_stages
     from .unet import export_unet
 

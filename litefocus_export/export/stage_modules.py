@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..contract import (
+from ..core.contract import (
     AUDIO_SAMPLES,
     BATCH,
     DECODE_STAGES,
@@ -26,7 +26,7 @@ from ..contract import (
     TEXT_STAGES,
     TEXT_TOKENS,
 )
-from ..errors import UsageError
+from ..core.errors import UsageError
 from ..models import pipeline_geometry
 
 Exporter = Literal["torchscript", "dynamo"]

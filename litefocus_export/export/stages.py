@@ -25,9 +25,9 @@ import numpy as np
 import onnx
 import torch
 
-from ..choices import EXPORT_PRECISIONS
-from ..contract import MAX_NEW_TOKENS_KEY, select_stages
-from ..errors import ExportError, UsageError, first_line
+from ..core.choices import EXPORT_PRECISIONS
+from ..core.contract import MAX_NEW_TOKENS_KEY, select_stages
+from ..core.errors import ExportError, UsageError, first_line
 from ..models import pipeline_kind
 from .stage_modules import Exporter, StageSpec, stage_names, stage_spec
 
@@ -83,7 +83,7 @@ def save_side_files(pipe: Any, out_dir: Path) -> None:
     """
     import json
 
-    from ..contract import USE_DEFAULT_VALUES
+    from ..core.contract import USE_DEFAULT_VALUES
 
     for name in ("tokenizer", "tokenizer_2"):
         tokenizer = getattr(pipe, name, None)
@@ -107,8 +107,8 @@ def _metadata(pipe: Any, kind: str, name: str) -> dict[str, str]:
     if name == "language_model":
         meta[MAX_NEW_TOKENS_KEY] = str(int(pipe.language_model.config.max_new_tokens))
     if name == "vocoder":  # its receptive field, so the torch-free runtime can decode in exact chunks
-        from ..contract import VOCODER_FIELD_KEY
-        from ..vocoder_field import VocoderField
+        from ..core.contract import VOCODER_FIELD_KEY
+        from ..core.vocoder_field import VocoderField
 
         meta[VOCODER_FIELD_KEY] = VocoderField.from_config(pipe.vocoder.config.to_dict()).to_json()
     return meta

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ..attention.config import LiteFocusConfig
 from ..attention.onnx_function import attach_function, register_schema, translate_op
 from ..attention.patching import litefocus_state, patch, unpatch
-from ..contract import (
+from ..core.contract import (
     MIN_OPSET,
     OP_DOMAIN,
     OP_TYPE,
@@ -33,7 +33,7 @@ from ..contract import (
     unet_call_arguments,
     unet_inputs,
 )
-from ..errors import ExportError, first_line
+from ..core.errors import ExportError, first_line
 from ..models import pipeline_geometry, pipeline_kind
 from .stages import name_dynamic_dims, save_model
 

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from ..attention import QueuedSamples, patched
-from ..contract import index_input_name, unet_call_arguments
-from ..errors import ExportError
+from ..core.contract import index_input_name, unet_call_arguments
+from ..core.errors import ExportError
 from .unet import unet_signature
 
 log = logging.getLogger(__name__)

@@ -11,8 +11,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..contract import CONTEXT_FREE_KINDS
-from ..geometry import AudioGeometry
+from ..core.contract import CONTEXT_FREE_KINDS
+from ..core.geometry import AudioGeometry
 from .specs import PIPELINE_CLASSES, RANDOM_PREFIX, PipelineKind, folder_kind, local_folder, random_spec
 
 

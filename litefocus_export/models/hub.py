@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UsageError
+from ..core.errors import UsageError
 
 # A repo id as the hub accepts it (one slash; letters, digits, '-', '_', '.'), then an optional @revision.
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"

@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import UsageError
+from ..core.errors import UsageError
 from .compat import CLASS_SUBSTITUTES, apply_pipeline_fixes
 from .random_build import build_component, build_random_pipeline
 from .specs import PIPELINE_CLASSES, RANDOM_PREFIX, PipelineKind, folder_kind, local_folder, random_spec

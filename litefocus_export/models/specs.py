@@ -26,7 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import UsageError
+from ..core.errors import UsageError
 from . import hub
 
 PipelineKind = Literal["audioldm2", "audioldm", "musicldm"]

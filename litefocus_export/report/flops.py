@@ -20,9 +20,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from ..geometry import AudioGeometry, downsampled_length, level_width
+from ..core.geometry import AudioGeometry, downsampled_length, level_width
+from ..core.seeds import num_samples
 from ..models.facts import ModelFacts, model_facts
-from ..sampling import num_samples
 
 BATCH = 2  # classifier-free guidance: [uncond, cond] in one UNet evaluation
 CONTEXT_TOKENS = 64
@@ -212,7 +212,7 @@ def unet_step_flops(spec: str, seconds: float, sparse_ratio: float, levels: tupl
     import diffusers
     import torch
 
-    from ..contract import example_unet_feeds, unet_call_arguments, unet_inputs
+    from ..core.contract import example_unet_feeds, unet_call_arguments, unet_inputs
 
     facts = model_facts(spec)
     frames = facts.geometry.latent_frames(seconds)

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from ..manifest import tool_versions
+from ..artifacts.manifest import tool_versions
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import LiteFocusError
+from ..core.errors import LiteFocusError
 from .machine import failure_reason
 from .output import write_outputs
 from .settings import ENGINE_BACKENDS, ReportSettings, ReportState, config_stem, output_path, split_variant
@@ -32,7 +32,7 @@ def run_report(settings: ReportSettings) -> dict[str, Any]:
         UsageError: bad settings or an unwritable output folder.
         KeyboardInterrupt: after writing the rows measured so far.
     """
-    from ..outputs import check_writable_folder
+    from ..artifacts.outputs import check_writable_folder
     from .flops import flops_table
     from .machine import machine_info
 
@@ -74,11 +74,11 @@ def build_all(state: ReportState) -> None:
 
 
 def build_one(settings: ReportSettings, variant: str, attention: str) -> Path:
+    from ..artifacts.cache import cache_root
     from ..backends.build import BuildSettings, build_engines
-    from ..cache import cache_root
-    from ..errors import BuildError
+    from ..core.durations import DurationProfile
+    from ..core.errors import BuildError
     from ..export import ExportSettings
-    from ..profiles import DurationProfile
 
     backend, precision = split_variant(variant)
     if backend == "tensorrt" and importlib.util.find_spec("tensorrt") is None:

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from ..contract import UNET, example_unet_feeds, unet_call_arguments, unet_inputs
+from ..core.contract import UNET, example_unet_feeds, unet_call_arguments, unet_inputs
+from ..core.seeds import seeded_streams
 from ..models.facts import ModelFacts, model_facts
-from ..sampling import seeded_streams
 from .machine import process_status_mb
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def time_unet(step: Any, repeats: int, warmup: int) -> tuple[dict[str, Any], np.
 
 def run_job(job: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray]:
     """Measure one configuration: ``({times..., rss}, first output)``."""
-    from .stages import time_generations
+    from .generations import time_generations
 
     facts = model_facts(job["model"])
     if job["backend"] == "torch" and job["threads"]:
@@ -116,7 +116,7 @@ def run_job(job: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray]:
         times, output = time_unet(step, job["repeats"], job["warmup"])
     else:
         times, output = time_generations(job)
-    from .stages import PEAKS
+    from .generations import PEAKS
 
     # per-stage peaks reset VmHWM (report.stages.StagePeaks); its overall reading keeps the run's peak
     return {**times, "peak_rss_mb": max(peak_rss_mb(), PEAKS.overall_mb)}, output
@@ -130,7 +130,7 @@ def measure_in_process(job: dict[str, Any], work: Path, stem: str, env: dict[str
     """
     import subprocess
 
-    from ..errors import LiteFocusError
+    from ..core.errors import LiteFocusError
 
     job_file, result_file = work / f"{stem}.job.json", work / f"{stem}.result.json"
     job_file.write_text(json.dumps(job))

@@ -181,7 +181,7 @@ def report_data(state: Any, work: Path) -> dict[str, Any]:
 def engine_precisions(engines: dict[tuple[str, str], Path]) -> dict[str, Any]:
     """Per engine folder: the precision it computes in, and each stage's measured error against fp32 where the
     build measured it (OpenVINO), read from its manifest."""
-    from ..manifest import read_manifest
+    from ..artifacts.manifest import read_manifest
 
     entries = {}
     for (backend, attention), folder in engines.items():

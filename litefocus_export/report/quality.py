@@ -105,7 +105,7 @@ class ClapScorer:
     """The pipeline's CLAP model, tokenizer and feature extractor (none of the other components are built)."""
 
     def __init__(self, model: str):
-        from ..errors import UsageError
+        from ..core.errors import UsageError
         from ..models import load_component
 
         try:

@@ -10,10 +10,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..choices import ATTENTIONS, ENGINE_BACKENDS
-from ..contract import DEFAULT_LEVELS, DEFAULT_SPARSE_RATIO, check_levels, check_sparse_ratio
-from ..errors import UsageError
-from ..geometry import check_seconds
+from ..core.choices import ATTENTIONS, ENGINE_BACKENDS
+from ..core.contract import DEFAULT_LEVELS, DEFAULT_SPARSE_RATIO, check_levels, check_sparse_ratio
+from ..core.errors import UsageError
+from ..core.geometry import check_seconds
 from ..models.specs import DEFAULT_SPEC, check_spec
 
 # a report "backend" is a backend at a precision: plain names run at their default (OpenVINO: the CPU's, auto)

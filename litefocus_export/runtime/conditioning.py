@@ -30,8 +30,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..contract import MAX_NEW_TOKENS_KEY, check_kind
-from ..errors import EngineError, UsageError
+from ..core.contract import MAX_NEW_TOKENS_KEY, check_kind
+from ..core.errors import EngineError, UsageError
 
 # ``guidance_scale`` defaults of the pipelines' ``__call__``.
 DEFAULT_GUIDANCE = {"audioldm2": 3.5, "audioldm": 2.5, "musicldm": 2.0}

@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ..errors import UsageError
-from ..vocoder_field import DEFAULT_CHUNK_FRAMES, VocoderField
+from ..core.errors import UsageError
+from ..core.vocoder_field import DEFAULT_CHUNK_FRAMES, VocoderField
 from .conditioning import StageRunner
 
 __all__ = ["DEFAULT_CHUNK_FRAMES", "AudioDecoder", "chunked_torch_vocoder", "chunked_vocode", "trim_waveform"]

@@ -9,12 +9,12 @@ from typing import Any
 
 import numpy as np
 
+from ..artifacts.manifest import inside, read_manifest
 from ..backends import Runner, open_stage
-from ..contract import UNET, UNET_OUTPUT, draw_unet_samples
-from ..errors import EngineError
-from ..geometry import AudioGeometry
-from ..manifest import inside, read_manifest
-from ..profiles import DurationProfile, require_covered
+from ..core.contract import UNET, UNET_OUTPUT, draw_unet_samples
+from ..core.durations import DurationProfile, require_covered
+from ..core.errors import EngineError
+from ..core.geometry import AudioGeometry
 
 log = logging.getLogger(__name__)
 

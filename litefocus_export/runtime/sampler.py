@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UsageError
-from ..request import GenerationRequest
-from ..sampling import initial_noise, seeded_streams
+from ..core.errors import UsageError
+from ..core.request import GenerationRequest
+from ..core.seeds import initial_noise, seeded_streams
 from .conditioning import DEFAULT_GUIDANCE, TextConditioner
 from .decode import AudioDecoder, trim_waveform
 from .engine import EngineFolder
@@ -58,7 +58,7 @@ class Sampler:
             EngineError: the folder's scheduler config predates ``_use_default_values`` and ``name`` converts
                 it to another scheduler class, so the settings diffusers would use are unknown.
         """
-        from ..errors import EngineError
+        from ..core.errors import EngineError
         from .schedulers import USE_DEFAULT_VALUES, converts_config, scheduler_from_config
 
         folder, config = self.engines.folder, self.scheduler_config

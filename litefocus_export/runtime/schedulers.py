@@ -20,8 +20,8 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import numpy as np
 
-from litefocus_export.contract import USE_DEFAULT_VALUES
-from litefocus_export.errors import UsageError
+from litefocus_export.core.contract import USE_DEFAULT_VALUES
+from litefocus_export.core.errors import UsageError
 
 BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
 PredictionType = Literal["epsilon", "v_prediction", "sample"]

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import EngineError, UsageError, first_line
-from ..request import GenerationRequest
+from ..core.errors import EngineError, UsageError, first_line
+from ..core.request import GenerationRequest
 from .protocol import INPUTS, MODEL_NAME, request_tensors
 
 

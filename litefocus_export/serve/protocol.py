@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UsageError
-from ..request import GenerationRequest
+from ..core.errors import UsageError
+from ..core.request import GenerationRequest
 
 MODEL_NAME = "litefocus_audio"
 

@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UsageError
-from ..manifest import read_manifest
+from ..artifacts.manifest import read_manifest
+from ..core.errors import UsageError
 from .protocol import INPUTS, MODEL_NAME, OUTPUTS, TensorSpec
 
 REPOSITORY_KIND = "triton-repository"
@@ -99,7 +99,7 @@ def write_repository(folders: list[str | os.PathLike], out: Path, settings: Serv
     Every engine folder is checked (manifest, hashes) first. ``copy`` puts them inside the repository (a
     self-contained folder to ship); otherwise they are referenced by absolute path.
     """
-    from ..outputs import check_output_folder, path_lock, staged_folder
+    from ..artifacts.outputs import check_output_folder, path_lock, staged_folder
 
     if not folders:
         raise UsageError("give at least one engine folder")

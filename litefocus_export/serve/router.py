@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import EngineError, LiteFocusError, UsageError, first_line
-from ..request import GenerationRequest
+from ..core.errors import EngineError, LiteFocusError, UsageError, first_line
+from ..core.request import GenerationRequest
 from ..runtime import EngineFolder, Sampler
 
 log = logging.getLogger(__name__)

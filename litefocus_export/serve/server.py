@@ -24,7 +24,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import EngineError, UsageError
+from ..core.errors import EngineError, UsageError
 from .repository import ServingSettings, write_repository
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import LiteFocusError
+from ..core.errors import LiteFocusError
 from .protocol import INPUTS, parse_request
 
 log = logging.getLogger("litefocus_export")

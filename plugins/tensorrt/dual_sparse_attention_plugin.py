@@ -28,8 +28,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from litefocus_export.contract import OP_ATTRIBUTES, OP_DOMAIN, OP_TYPE, PLUGIN_NAMESPACE
-from litefocus_export.errors import BuildError
+from litefocus_export.core.contract import OP_ATTRIBUTES, OP_DOMAIN, OP_TYPE, PLUGIN_NAMESPACE
+from litefocus_export.core.errors import BuildError
 
 # The plugin claims the ONNX node the export writes (docs/design.md §2): the contract's names, not copies.
 ONNX_DOMAIN, PLUGIN_NAME = OP_DOMAIN, OP_TYPE

@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from litefocus_export.attention.reference import check_inputs
-from litefocus_export.errors import BuildError, UsageError
+from litefocus_export.core.errors import BuildError, UsageError
 
 MAX_HEAD_DIM = 128
 FP32_DOT_PRECISIONS = ("ieee", "tf32x3", "tf32")

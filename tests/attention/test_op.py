@@ -7,7 +7,7 @@ import torch
 
 from litefocus_export.attention import dual_sparse_attention
 from litefocus_export.attention.reference import dual_sparse_attention_reference
-from litefocus_export.errors import UsageError
+from litefocus_export.core.errors import UsageError
 
 FLAGS = [(True, True), (True, False), (False, True)]
 

@@ -18,8 +18,8 @@ from litefocus_export.attention import (
     unpatch,
 )
 from litefocus_export.attention.reference import dual_sparse_attention_reference
-from litefocus_export.contract import CONTEXT_FREE_KINDS, unet_call_arguments
-from litefocus_export.errors import UsageError
+from litefocus_export.core.contract import CONTEXT_FREE_KINDS, unet_call_arguments
+from litefocus_export.core.errors import UsageError
 from litefocus_export.export.unet import unet_signature
 
 KINDS = {"random:audioldm2-tiny": 20, "random:audioldm-tiny": 10, "random:musicldm-tiny": 10}

@@ -9,11 +9,11 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
+from litefocus_export.artifacts.manifest import read_manifest
 from litefocus_export.backends.build import build_engines
 from litefocus_export.backends.onnxruntime.builder import OnnxRuntimeBackend
 from litefocus_export.cli import main
-from litefocus_export.manifest import read_manifest
-from litefocus_export.profiles import DurationProfile, resolve_attention
+from litefocus_export.core.durations import DurationProfile, resolve_attention
 
 
 def test_interrupted_build_leaves_earlier_engines_and_no_half_folder(tiny_build, monkeypatch):
@@ -93,7 +93,7 @@ def test_attention_auto_follows_the_profile_and_is_recorded(tiny_build, tiny_ful
     """``--attention auto``: full attention for a profile within the training length, LiteFocus past it; the
     manifest says how it was chosen. (Both exports come from the session cache: ``tiny_full_export`` first, so the
     full-attention one there is the verified export other tests read.)"""
-    from litefocus_export.profiles import LITEFOCUS_FROM_SECONDS
+    from litefocus_export.core.durations import LITEFOCUS_FROM_SECONDS
 
     for seconds, chosen in (("5", "full"), ("20", "litefocus")):
         result = CliRunner().invoke(main, ["-q", "build", "--attention", "auto", "--seconds", seconds,
@@ -111,8 +111,8 @@ def test_attention_auto_follows_the_profile_and_is_recorded(tiny_build, tiny_ful
 @given(requested=st.one_of(st.sampled_from(["auto", "full", "litefocus"]), st.text(max_size=10)),
        seconds=st.floats(min_value=0.5, max_value=600, allow_nan=False))
 def test_resolve_attention_decides_or_says_why(requested, seconds):
-    from litefocus_export.errors import UsageError
-    from litefocus_export.profiles import LITEFOCUS_FROM_SECONDS, resolve_attention
+    from litefocus_export.core.durations import LITEFOCUS_FROM_SECONDS, resolve_attention
+    from litefocus_export.core.errors import UsageError
 
     try:
         chosen, policy = resolve_attention(requested, seconds)

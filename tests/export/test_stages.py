@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from litefocus_export.errors import UsageError
+from litefocus_export.core.errors import UsageError
 from litefocus_export.export import stage_modules
 from litefocus_export.export.stages import export_stages, save_model, verify_stages
 from litefocus_export.models import pipeline_kind

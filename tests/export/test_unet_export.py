@@ -12,16 +12,16 @@ import torch
 from click.testing import CliRunner
 from onnx import helper
 
+from litefocus_export.artifacts.manifest import read_manifest
 from litefocus_export.attention import LiteFocusConfig, patched
 from litefocus_export.attention.onnx_function import attach_function, make_node
-from litefocus_export.attention.onnx_mha import lower_to_multihead_attention
 from litefocus_export.attention.reference import dual_sparse_attention_reference
 from litefocus_export.cli import main
-from litefocus_export.contract import OP_DOMAIN, OP_TYPE
+from litefocus_export.core.contract import OP_DOMAIN, OP_TYPE
 from litefocus_export.export import ExportSettings, convert_to_fp16, export_pipeline
 from litefocus_export.export.unet import unet_signature
 from litefocus_export.export.verify import VERIFY_FRAMES, verify_unet
-from litefocus_export.manifest import read_manifest
+from litefocus_export.graphs.multihead import lower_to_multihead_attention
 
 
 def custom_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
@@ -150,7 +150,7 @@ def test_fp16_export_keeps_sensitive_ops_fp32_and_stays_close(tiny_build, tiny_p
     # the ORT engine rewrites on fp16 weights with fp32 attention: the op, the split and the fp16 GELU still
     # fire (the full-attention fusion takes float32 chains only and finds none here); outputs stay close
     from litefocus_export.backends.onnxruntime.rewrites import rewrite_for_onnxruntime
-    from litefocus_export.contract import example_unet_feeds
+    from litefocus_export.core.contract import example_unet_feeds
 
     unet = read_manifest(export_dir)["stages"]["unet"]
     feeds = example_unet_feeds(unet["inputs"], 27, seed=1, layers=unet["litefocus_layers"], sparse_ratio=0.1)
@@ -165,7 +165,7 @@ def test_per_row_samples_match_pytorch(tiny_build, tiny_pipeline_factory):
     """The exported UNet with a different sample per batch row (``(L, batch, M)``) matches PyTorch replaying the
     same ``(B, M)`` rows, and each row is what that row alone with its own samples gives."""
     from litefocus_export.attention import QueuedSamples
-    from litefocus_export.contract import example_unet_feeds, index_input_name, unet_call_arguments
+    from litefocus_export.core.contract import example_unet_feeds, index_input_name, unet_call_arguments
 
     _, export_dir, settings = tiny_build
     unet = read_manifest(export_dir)["stages"]["unet"]

@@ -27,7 +27,7 @@ import torch
 
 from litefocus_export.attention import LiteFocusConfig, patch, unpatch
 from litefocus_export.attention.patching import find_self_attention_layers
-from litefocus_export.contract import CONTEXT_FREE_KINDS, example_unet_feeds, unet_call_arguments, unet_inputs
+from litefocus_export.core.contract import CONTEXT_FREE_KINDS, example_unet_feeds, unet_call_arguments, unet_inputs
 from litefocus_export.models import build_component, pipeline_geometry, pipeline_kind
 from litefocus_export.models.specs import HUB_ARCHITECTURES, PIPELINE_CLASSES, RANDOM_SPECS
 

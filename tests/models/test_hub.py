@@ -18,7 +18,7 @@ import soundfile
 from click.testing import CliRunner
 
 from litefocus_export.cli import main
-from litefocus_export.errors import UsageError
+from litefocus_export.core.errors import UsageError
 from litefocus_export.models import hub
 from litefocus_export.models.specs import check_spec, model_record, spec_fingerprint
 
@@ -121,9 +121,9 @@ class TestResolve:
 
 def test_export_build_and_generate_from_an_id_offline(hub_cache, tmp_path):
     """export and build the vocoder stage, and generate with torch, from the id alone (no UNet export)."""
+    from litefocus_export.artifacts.manifest import read_manifest
     from litefocus_export.backends.build import BuildSettings, build_engines
     from litefocus_export.export import ExportSettings
-    from litefocus_export.manifest import read_manifest
 
     out = tmp_path / "export"
     result = CliRunner().invoke(main, ["-q", "export", "--model", f"{REPO}@v1", "--stages", "vocoder",

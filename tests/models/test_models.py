@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from litefocus_export.errors import UsageError
+from litefocus_export.core.errors import UsageError
 from litefocus_export.models import (
     BUILTIN_SPECS,
     build_component,

@@ -12,7 +12,7 @@ import torch
 from litefocus_export.plugins.tensorrt import dual_sparse_attention_plugin as plugin
 from litefocus_export.plugins.triton import dual_sparse_attention as fused
 
-from litefocus_export.errors import BuildError
+from litefocus_export.core.errors import BuildError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ import torch
 from litefocus_export.plugins.triton import dual_sparse_attention as fused
 
 from litefocus_export.attention.reference import dual_sparse_attention_reference
-from litefocus_export.errors import UsageError
+from litefocus_export.core.errors import UsageError
 
 
 def fake_torch(matmul: str | None, global_: str = "none", legacy: str | Exception = "highest") -> types.SimpleNamespace:

@@ -17,7 +17,7 @@ import torch
 from litefocus_export.plugins.triton import dual_sparse_attention as fused
 
 from litefocus_export.attention.reference import dual_sparse_attention_reference
-from litefocus_export.errors import UsageError
+from litefocus_export.core.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[2]
 FLAGS = [(True, True), (True, False), (False, True)]

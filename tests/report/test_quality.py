@@ -111,8 +111,8 @@ class TestReport:
 
     def test_scores_are_deterministic_for_the_seed(self, quality_report, tiny_pipeline_factory, scorer):
         """The same seed in this process gives the same waveform, hence the same score, as the report's child."""
+        from litefocus_export.core.request import GenerationRequest
         from litefocus_export.pytorch import generate_torch
-        from litefocus_export.request import GenerationRequest
 
         _, data, _ = quality_report
         pipe = tiny_pipeline_factory()

@@ -205,7 +205,7 @@ def test_growth_exponent_recovers_a_power_law(k):
 
 
 def test_a_failed_measuring_process_says_why(tmp_path):
-    from litefocus_export.errors import LiteFocusError
+    from litefocus_export.core.errors import LiteFocusError
     from litefocus_export.report.measure import measure_in_process
 
     job = {"model": "random:no-such-model", "backend": "torch", "attention": "full", "seconds": 1.0, "stages": "unet",

@@ -8,8 +8,8 @@ import torch
 
 from litefocus_export.models.specs import TINY_VOCODER
 from litefocus_export.report.flops import FlopCounter, decode_flops
+from litefocus_export.report.generations import StagePeaks
 from litefocus_export.report.markdown import decode_flops_section, stage_memory_section
-from litefocus_export.report.stages import StagePeaks
 
 
 def test_counter_counts_convolutions_linears_and_attention():

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from litefocus_export.backends.onnxruntime import OrtStage
-from litefocus_export.contract import MAX_NEW_TOKENS_KEY
-from litefocus_export.errors import EngineError, UsageError
+from litefocus_export.core.contract import MAX_NEW_TOKENS_KEY
+from litefocus_export.core.errors import EngineError, UsageError
 from litefocus_export.runtime.conditioning import TextConditioner, TextTokenizer
 from litefocus_export.runtime.decode import AudioDecoder, trim_waveform
 

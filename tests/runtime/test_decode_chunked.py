@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from litefocus_export.backends.onnxruntime.runner import OrtStage
-from litefocus_export.contract import VOCODER_FIELD_KEY
-from litefocus_export.errors import EngineError, UsageError
+from litefocus_export.core.contract import VOCODER_FIELD_KEY
+from litefocus_export.core.errors import EngineError, UsageError
+from litefocus_export.core.vocoder_field import VocoderField
 from litefocus_export.export.stages import export_stage
 from litefocus_export.models.specs import VOCODER
 from litefocus_export.runtime.decode import AudioDecoder, chunked_torch_vocoder, chunked_vocode
-from litefocus_export.vocoder_field import VocoderField
 
 CHUNKS = [2, 7, 23, 64, 159, 160, 1000]  # around the margins (23), the clip (160 frames), past it
 
@@ -82,7 +82,7 @@ def test_torch_chunks_equal_one_shot(vocoder, frames):
 def test_generate_torch_chunks_the_vocoder_by_default(tiny_pipeline_factory, monkeypatch):
     """The PyTorch path decodes in chunks unless told 0 (the stock pipeline), with the same waveform."""
     from litefocus_export import pytorch
-    from litefocus_export.request import GenerationRequest
+    from litefocus_export.core.request import GenerationRequest
     from litefocus_export.runtime import decode
 
     pipe = tiny_pipeline_factory("random:audioldm2-tiny")

@@ -12,11 +12,11 @@ import pytest
 import soundfile
 from click.testing import CliRunner
 
+from litefocus_export.artifacts.manifest import read_manifest
 from litefocus_export.backends.build import BuildSettings, build_engines
 from litefocus_export.cli import main
-from litefocus_export.errors import EngineError
-from litefocus_export.manifest import read_manifest
-from litefocus_export.request import GenerationRequest
+from litefocus_export.core.errors import EngineError
+from litefocus_export.core.request import GenerationRequest
 from litefocus_export.runtime import Sampler
 
 
@@ -41,7 +41,7 @@ def test_rebuild_reuses_and_other_keys_do_not_collide(tiny_build, caplog):
     assert build_engines(other, engines.parent) == engines  # attention_impl is TensorRT-only: same key
     from dataclasses import replace
 
-    from litefocus_export.profiles import DurationProfile
+    from litefocus_export.core.durations import DurationProfile
 
     shorter = replace(settings, profile=DurationProfile.for_seconds(4))
     folder = build_engines(shorter, engines.parent)
@@ -193,7 +193,7 @@ def test_inspect_summarises(tiny_build):
 def test_unet_step_gives_each_request_its_own_samples(tiny_build):
     """A guided batch of two requests, rows [uncond 0, uncond 1, cond 0, cond 1]: each request's rows get its own
     draw (both of its rows the same one), so its output is what it gets alone with its generator."""
-    from litefocus_export.contract import example_unet_feeds
+    from litefocus_export.core.contract import example_unet_feeds
     from litefocus_export.runtime import EngineFolder
 
     engines, _, _ = tiny_build

@@ -12,8 +12,8 @@ import pytest
 import soundfile
 from click.testing import CliRunner
 
+from litefocus_export.artifacts.manifest import sha256_file
 from litefocus_export.cli import main
-from litefocus_export.manifest import sha256_file
 
 # diffusers' DPM scheduler calls np.array on a torch tensor, which numpy 2 flags; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")

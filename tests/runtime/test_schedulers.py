@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from litefocus_export.errors import UsageError
+from litefocus_export.core.errors import UsageError
 from litefocus_export.runtime import schedulers
 from litefocus_export.runtime.schedulers import (
     DDIMScheduler,

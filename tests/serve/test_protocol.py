@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from litefocus_export.errors import UsageError
-from litefocus_export.request import GenerationRequest
+from litefocus_export.core.errors import UsageError
+from litefocus_export.core.request import GenerationRequest
 from litefocus_export.serve.protocol import INPUTS, parse_request, request_tensors
 from litefocus_export.serve.repository import ServingSettings, config_pbtxt
 

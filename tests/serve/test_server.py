@@ -16,8 +16,8 @@ import time
 import numpy as np
 import pytest
 
-from litefocus_export.errors import EngineError
-from litefocus_export.request import GenerationRequest
+from litefocus_export.core.errors import EngineError
+from litefocus_export.core.request import GenerationRequest
 from litefocus_export.runtime import Sampler
 from litefocus_export.serve.client import send
 from litefocus_export.serve.process import ServerProcess, free_ports
@@ -32,7 +32,7 @@ def two_profiles(tiny_build, tmp_path_factory):
     from dataclasses import replace
 
     from litefocus_export.backends.build import build_engines
-    from litefocus_export.profiles import DurationProfile
+    from litefocus_export.core.durations import DurationProfile
 
     engines, _, settings = tiny_build
     short = build_engines(replace(settings, profile=DurationProfile.for_seconds(3)), tmp_path_factory.mktemp("short"))

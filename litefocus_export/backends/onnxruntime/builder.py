@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ...errors import BuildError, first_line
-from .rewrites import REWRITES, REWRITES_VERSION
+from ...core.errors import BuildError, first_line
+from ...graphs.files import rewrite_to_file
+from .rewrites import REWRITES, REWRITES_VERSION, rewrite_for_onnxruntime
 from .runner import ort_log_severity
 
 log = logging.getLogger(__name__)
 SAVED_LEVEL = "ORT_ENABLE_EXTENDED"  # part of the engine key: a change rebuilds
-# weights of a rewritten model go to one side file; protobuf cannot serialise a model over 2 GB
-WEIGHTS_INLINE_LIMIT = 1 << 30
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 
 
@@ -75,7 +73,7 @@ class OrtEngineFromOnnx:
         work = self.out_path.with_name(f".rewritten-{self.onnx_path.name}")
         side = work.with_name(work.name + ".data")
         try:
-            self.rewrites = rewrite_to_file(self.onnx_path, work)
+            self.rewrites = rewrite_to_file(self.onnx_path, work, rewrite_for_onnxruntime, "ONNX Runtime")
             source = work if any(self.rewrites.values()) else self.onnx_path
             ort.InferenceSession(str(source), session_options(self.out_path), providers=self.providers)
         except Exception as exc:  # noqa: BLE001 - onnx and ORT raise their own exception types
@@ -87,32 +85,10 @@ class OrtEngineFromOnnx:
         return self.out_path
 
 
-def rewrite_to_file(onnx_path: Path, out_path: Path, rewrite: Callable[[Any], dict[str, int]] | None = None,
-                    runtime: str = "ONNX Runtime") -> dict[str, int]:
-    """Apply ``rewrite`` (default: the ONNX Runtime engine rewrites, ``rewrites.py``) to ``onnx_path``; when any
-    fired, save the result as ``out_path`` (weights over ``WEIGHTS_INLINE_LIMIT`` in ``<out_path>.data``). Returns
-    the counts."""
-    import onnx
-
-    from .rewrites import rewrite_for_onnxruntime
-
-    model = onnx.load(str(onnx_path))
-    counts = (rewrite or rewrite_for_onnxruntime)(model)
-    if any(counts.values()):
-        fired = ", ".join(f"{name} x{count}" for name, count in counts.items() if count)
-        log.info("%s rewritten for %s: %s", onnx_path.name, runtime, fired)
-        side = out_path.with_name(out_path.name + ".data")
-        side.unlink(missing_ok=True)  # onnx appends to an existing side file
-        weights = sum(t.ByteSize() for t in model.graph.initializer)
-        onnx.save(model, str(out_path), save_as_external_data=weights > WEIGHTS_INLINE_LIMIT,
-                  all_tensors_to_one_file=True, location=side.name, size_threshold=1024)
-    return counts
-
-
 def backend_info(providers: list[str]) -> dict[str, Any]:
     import onnxruntime as ort
 
-    from ...cache import cpu_architecture
+    from ...artifacts.cache import cpu_architecture
 
     info = {"name": "onnxruntime", "version": ort.__version__, "providers": providers,
             "device": device_of(providers), "architecture": cpu_architecture(),

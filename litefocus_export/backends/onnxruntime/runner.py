@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import EngineError, first_line
+from ...core.errors import EngineError, first_line
 
 CPU_PROVIDERS = ("CPUExecutionProvider",)
 ARENA_DEFAULT = os.environ.get("LITEFOCUS_ORT_ARENA", "0") == "1"  # measurements of the arena setting only

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from ...contract import BATCH, EXAMPLE_TOKENS, LATENT_FRAMES, MEL_FRAMES, UNET, example_feeds, example_unet_feeds
-from ...errors import BuildError, UsageError, first_line
-from ...geometry import AudioGeometry
+from ...core.contract import BATCH, EXAMPLE_TOKENS, LATENT_FRAMES, MEL_FRAMES, UNET, example_feeds, example_unet_feeds
+from ...core.errors import BuildError, UsageError, first_line
+from ...core.geometry import AudioGeometry
 from .cpu import CpuFeatures, activation_precision, cpu_features, required_features, resolve_precision
 from .runner import STATIC_STAGES, OvStage
 
@@ -53,7 +53,7 @@ class OvModelFromOnnx:
     def __call__(self) -> Any:
         from openvino.frontend import FrontEndManager
 
-        from ..onnxruntime.builder import rewrite_to_file
+        from ...graphs.files import rewrite_to_file
         from .lowering import conversion_extensions, softmax_attention_to_mha
 
         rewritten = self.work / f".openvino-{self.onnx_path.name}"
@@ -141,7 +141,7 @@ def stage_error(onnx_path: Path, xml_path: Path, activations: str, feeds: dict[s
 def backend_info(precision: str, features: CpuFeatures) -> dict[str, Any]:
     import openvino as ov
 
-    from ...cache import cpu_architecture
+    from ...artifacts.cache import cpu_architecture
 
     return {"name": "openvino", "version": ov.__version__, "device": "cpu", "architecture": cpu_architecture(),
             "precision": precision, "activations": activation_precision(precision, features),

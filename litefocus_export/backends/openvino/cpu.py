@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
-from ...errors import EngineError, UsageError
+from ...core.errors import EngineError, UsageError
 
 log = logging.getLogger(__name__)
 OpenVinoPrecision = Literal["fp32", "bf16", "int8"]

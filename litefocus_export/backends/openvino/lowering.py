@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...contract import OP_DOMAIN, OP_TYPE
+from ...core.contract import OP_DOMAIN, OP_TYPE
 
 
 def dual_sparse_attention(context: Any) -> list[Any]:
@@ -98,7 +98,7 @@ def conversion_extensions() -> list[Any]:
     """The frontend extensions every OpenVINO conversion of an export uses."""
     from openvino.frontend.onnx import ConversionExtension
 
-    from ..onnxruntime.rewrites import CONTRIB_DOMAIN
+    from ...graphs.multihead import CONTRIB_DOMAIN
 
     return [ConversionExtension(OP_TYPE, OP_DOMAIN, dual_sparse_attention),
             ConversionExtension("MultiHeadAttention", CONTRIB_DOMAIN, multihead_attention)]
@@ -106,7 +106,7 @@ def conversion_extensions() -> list[Any]:
 
 def softmax_attention_to_mha(model: Any) -> dict[str, int]:
     """The one ONNX rewrite an OpenVINO build applies (in place): full-attention chains -> MultiHeadAttention."""
-    from ..onnxruntime.rewrites import fuse_softmax_attention
+    from ...graphs.patterns import fuse_softmax_attention
 
     return {"softmax_attention": fuse_softmax_attention(model)}
 

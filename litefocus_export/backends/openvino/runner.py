@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import EngineError, first_line
+from ...core.errors import EngineError, first_line
 
 log = logging.getLogger(__name__)
 OV_PRECISION = {"bf16": "bf16", "fp32": "f32"}  # our names -> OpenVINO's element types

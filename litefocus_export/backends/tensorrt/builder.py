@@ -25,10 +25,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from ...cache import cache_root
-from ...contract import OP_DOMAIN, OP_TYPE, PLUGIN_NAMESPACE
-from ...errors import BuildError, UsageError, first_line
-from .profiles import PROFILE_BATCH, ShapeRange, create_config, profile_shapes, text_token_ranges
+from ...artifacts.cache import cache_root
+from ...core.contract import OP_DOMAIN, OP_TYPE, PLUGIN_NAMESPACE
+from ...core.errors import BuildError, UsageError, first_line
+from .shape_profiles import PROFILE_BATCH, ShapeRange, create_config, profile_shapes, text_token_ranges
 from .support import ATTENTION_IMPLS, MIN_NATIVE_VERSION, cuda_devices, plugin_module
 from .support import require_tensorrt as _require_tensorrt
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import EngineError, LiteFocusError, first_line
+from ...core.errors import EngineError, LiteFocusError, first_line
 from .support import plugin_module, require_tensorrt
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,8 @@ import importlib
 import logging
 from typing import Any
 
-from ... import kernels
-from ...errors import EngineError, LiteFocusError, UsageError, first_line
+from ...core import kernels
+from ...core.errors import EngineError, LiteFocusError, UsageError, first_line
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ from onnx import helper, numpy_helper
 
 from litefocus_export.backends.onnxruntime.rewrites import (
     fuse_erf_gelu,
-    fuse_softmax_attention,
     rewrite_for_onnxruntime,
     split_sequences_to_slices,
 )
+from litefocus_export.graphs.patterns import fuse_softmax_attention
 
 F32 = onnx.TensorProto.FLOAT
 
@@ -189,7 +189,7 @@ def test_gelu_look_alike_is_left_alone():
 
 def rewritten_unet_matches(path, unet: dict, tol: float) -> dict[str, int]:
     """ORT on the exported UNet vs ORT on its rewritten copy (odd latent length); returns the rewrite counts."""
-    from litefocus_export.contract import example_unet_feeds
+    from litefocus_export.core.contract import example_unet_feeds
 
     model = onnx.load(str(path))
     rewritten = onnx.ModelProto()
@@ -204,7 +204,7 @@ def rewritten_unet_matches(path, unet: dict, tol: float) -> dict[str, int]:
 
 def test_tiny_unet_engine_rewrites_fire_and_keep_its_output(tiny_build):
     """The exported tiny UNet against its rewritten self in ORT, at an odd latent length."""
-    from litefocus_export.manifest import read_manifest
+    from litefocus_export.artifacts.manifest import read_manifest
 
     _, export_dir, _ = tiny_build
     counts = rewritten_unet_matches(export_dir / "unet.onnx", read_manifest(export_dir)["stages"]["unet"], 1e-4)
@@ -213,20 +213,21 @@ def test_tiny_unet_engine_rewrites_fire_and_keep_its_output(tiny_build):
 
 def test_rewritten_model_with_weights_in_a_side_file_loads(tiny_build, tmp_path, monkeypatch):
     """The path real-size UNets take (weights over the inline limit go to one .data file beside it)."""
-    from litefocus_export.backends.onnxruntime import builder as ort_build
+    from litefocus_export.graphs import files
 
     _, export_dir, _ = tiny_build
-    monkeypatch.setattr(ort_build, "WEIGHTS_INLINE_LIMIT", 0)
+    monkeypatch.setattr(files, "WEIGHTS_INLINE_LIMIT", 0)
     path = tmp_path / "unet.onnx"
     (path.parent / "unet.onnx.data").write_bytes(b"stale bytes of a killed build")
-    assert ort_build.rewrite_to_file(export_dir / "unet.onnx", path)["dual_sparse_attention"] == 20
+    counts = files.rewrite_to_file(export_dir / "unet.onnx", path, rewrite_for_onnxruntime, "ONNX Runtime")
+    assert counts["dual_sparse_attention"] == 20
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert any(i.name.startswith("litefocus_index") for i in session.get_inputs())
 
 
 def test_failed_engine_build_is_one_line_and_leaves_no_work_files(tiny_build, tmp_path, monkeypatch):
     from litefocus_export.backends.onnxruntime.builder import OrtEngineFromOnnx
-    from litefocus_export.errors import BuildError
+    from litefocus_export.core.errors import BuildError
 
     _, export_dir, _ = tiny_build
 

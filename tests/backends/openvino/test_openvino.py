@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from litefocus_export.artifacts.manifest import read_manifest
 from litefocus_export.backends.openvino.cpu import (
     FEATURES_OFF_ENV,
     OPENVINO_PRECISIONS,
@@ -20,9 +21,8 @@ from litefocus_export.backends.openvino.cpu import (
     resolve_precision,
 )
 from litefocus_export.cli import main
-from litefocus_export.errors import EngineError, UsageError
-from litefocus_export.manifest import read_manifest
-from litefocus_export.request import GenerationRequest
+from litefocus_export.core.errors import EngineError, UsageError
+from litefocus_export.core.request import GenerationRequest
 from litefocus_export.runtime import Sampler
 
 pytest.importorskip("openvino")

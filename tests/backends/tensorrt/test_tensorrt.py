@@ -18,10 +18,10 @@ from polygraphy.backend.trt import util as poly_trt_util
 from polygraphy.exception import PolygraphyException
 
 from litefocus_export.backends.tensorrt import builder as backend
-from litefocus_export.backends.tensorrt import profiles, support
 from litefocus_export.backends.tensorrt import runner as runner
-from litefocus_export.errors import BuildError, EngineError, UsageError
-from litefocus_export.profiles import DurationProfile
+from litefocus_export.backends.tensorrt import shape_profiles, support
+from litefocus_export.core.durations import DurationProfile
+from litefocus_export.core.errors import BuildError, EngineError, UsageError
 
 LITEFOCUS = {"same_frequency": True, "cross_frequency": True, "sparse_ratio": 0.1, "levels": [8], "seed": 0}
 LAYERS = [{"name": f"layer{i}", "level": 1, "width": 8} for i in range(20)]
@@ -53,7 +53,7 @@ class TestProfileShapes:
     def test_audioldm2_unet(self, inputs, seconds, frames, samples):
         latent = DurationProfile.for_seconds(seconds).latent_frames()
         assert latent == frames
-        shapes = profiles.profile_shapes("unet", inputs, latent, litefocus=LITEFOCUS, layers=LAYERS)
+        shapes = shape_profiles.profile_shapes("unet", inputs, latent, litefocus=LITEFOCUS, layers=LAYERS)
         lm_dim, text_dim = inputs["encoder_hidden_states"]["shape"][2], inputs["encoder_hidden_states_1"]["shape"][2]
         low, opt, high = frames
         assert shapes["sample"] == ((1, 8, low, 16), (2, 8, opt, 16), (2, 8, high, 16))
@@ -67,43 +67,43 @@ class TestProfileShapes:
         assert list(shapes) == list(inputs)
 
     def test_level_from_latent_width_without_layers(self):
-        with_layers = profiles.profile_shapes("unet", TINY, (25, 250, 2000), litefocus=LITEFOCUS, layers=LAYERS)
-        assert profiles.profile_shapes("unet", TINY, (25, 250, 2000), litefocus=LITEFOCUS) == with_layers
+        with_layers = shape_profiles.profile_shapes("unet", TINY, (25, 250, 2000), litefocus=LITEFOCUS, layers=LAYERS)
+        assert shape_profiles.profile_shapes("unet", TINY, (25, 250, 2000), litefocus=LITEFOCUS) == with_layers
 
     def test_layers_decide_the_level(self):
         inputs = {"litefocus_index_4": {"dtype": "int64", "shape": [2, "batch", "samples_4"]}}
         layers = [{"level": 2, "width": 4}] * 2
-        shapes = profiles.profile_shapes("unet", inputs, (25, 250, 2000), litefocus={"sparse_ratio": 0.25},
+        shapes = shape_profiles.profile_shapes("unet", inputs, (25, 250, 2000), litefocus={"sparse_ratio": 0.25},
                                         layers=layers)
         # level 2: ceil(ceil(T / 2) / 2) frames x 4 bins, a quarter of them
         assert shapes["litefocus_index_4"] == ((2, 1, 7), (2, 2, 63), (2, 2, 500))
 
     def test_odd_lengths_and_zero_samples(self):
-        shapes = profiles.profile_shapes("unet", TINY, (1, 3, 7), litefocus={"sparse_ratio": 0.0}, layers=LAYERS)
+        shapes = shape_profiles.profile_shapes("unet", TINY, (1, 3, 7), litefocus={"sparse_ratio": 0.0}, layers=LAYERS)
         assert shapes["litefocus_index_8"] == ((20, 1, 0), (20, 2, 0), (20, 2, 0))
-        shapes = profiles.profile_shapes("unet", TINY, (1, 3, 7), litefocus={"sparse_ratio": 1.0}, layers=LAYERS)
+        shapes = shape_profiles.profile_shapes("unet", TINY, (1, 3, 7), litefocus={"sparse_ratio": 1.0}, layers=LAYERS)
         assert shapes["litefocus_index_8"] == ((20, 1, 8), (20, 2, 16), (20, 2, 32))
 
     def test_batch(self):
-        fixed = profiles.profile_shapes("unet", TINY, (25, 250, 250), batch=(2, 2, 2), litefocus=LITEFOCUS)
+        fixed = shape_profiles.profile_shapes("unet", TINY, (25, 250, 250), batch=(2, 2, 2), litefocus=LITEFOCUS)
         assert fixed["sample"][0] == (2, 8, 25, 16)
-        single = profiles.profile_shapes("vae_decoder", {"latents": {"shape": ["batch", 8, "latent_frames", 16]}},
+        single = shape_profiles.profile_shapes("vae_decoder", {"latents": {"shape": ["batch", 8, "latent_frames", 16]}},
                                         (25, 250, 250), batch=1)
         assert single["latents"] == ((1, 8, 25, 16), (1, 8, 250, 16), (1, 8, 250, 16))
 
     def test_decoder_stages(self):
-        vae = profiles.profile_shapes("vae_decoder", {"latents": {"shape": ["batch", 8, "latent_frames", 16]}},
+        vae = shape_profiles.profile_shapes("vae_decoder", {"latents": {"shape": ["batch", 8, "latent_frames", 16]}},
                                      (25, 250, 2000))
         assert vae["latents"] == ((1, 8, 25, 16), (2, 8, 250, 16), (2, 8, 2000, 16))
-        vocoder = profiles.profile_shapes("vocoder", {"mel": {"shape": ["batch", 1, "mel_frames", 64]}},
+        vocoder = shape_profiles.profile_shapes("vocoder", {"mel": {"shape": ["batch", 1, "mel_frames", 64]}},
                                          (25, 250, 2000))
         assert vocoder["mel"] == ((1, 1, 100, 64), (2, 1, 1000, 64), (2, 1, 8000, 64))
 
     def test_text_stages(self):
         tokens = {name: {"shape": ["batch", "text_tokens"]} for name in ("input_ids", "attention_mask")}
-        shapes = profiles.profile_shapes("text_encoder_2", tokens, (25, 250, 250), text_tokens=(1, 32, 128))
+        shapes = shape_profiles.profile_shapes("text_encoder_2", tokens, (25, 250, 250), text_tokens=(1, 32, 128))
         assert shapes["input_ids"] == shapes["attention_mask"] == ((1, 1), (2, 32), (2, 128))
-        lm = profiles.profile_shapes("language_model", {"inputs_embeds": {"shape": ["batch", "lm_tokens", 768]}},
+        lm = shape_profiles.profile_shapes("language_model", {"inputs_embeds": {"shape": ["batch", "lm_tokens", 768]}},
                                     (25, 250, 250))
         # the prompt is text + 5 tokens (SOS/EOS around CLAP and T5) and grows by up to 7 while generating 8
         assert lm["inputs_embeds"] == ((1, 6, 768), (2, 72, 768), (2, 524, 768))
@@ -112,17 +112,17 @@ class TestProfileShapes:
         for folder, limit in (("tokenizer", 77), ("tokenizer_2", 128)):
             (tmp_path / folder).mkdir()
             (tmp_path / folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": limit}))
-        ranges = profiles.text_token_ranges(tmp_path)
+        ranges = shape_profiles.text_token_ranges(tmp_path)
         assert ranges["text_encoder"] == (1, 77, 77)  # CLAP pads to its maximum
         assert ranges["unet"] == ranges["text_encoder_2"] == ranges["language_model"] == (1, 64, 128)
         (tmp_path / "tokenizer_2" / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 1e30}))
-        assert profiles.text_token_ranges(tmp_path, opt=600)["projection_model"] == (1, 512, 512)
-        assert profiles.text_token_ranges(tmp_path / "absent") == {}
+        assert shape_profiles.text_token_ranges(tmp_path, opt=600)["projection_model"] == (1, 512, 512)
+        assert shape_profiles.text_token_ranges(tmp_path / "absent") == {}
 
     def test_dims_extend_and_override(self):
         inputs = {"x": {"shape": ["batch", "custom", "latent_frames"]}}
         dims = {"custom": (3, 4, 5), "latent_frames": [1, 1, 9]}
-        shapes = profiles.profile_shapes("s", inputs, (25, 250, 250), dims=dims)
+        shapes = shape_profiles.profile_shapes("s", inputs, (25, 250, 250), dims=dims)
         assert shapes["x"] == ((1, 3, 1), (2, 4, 1), (2, 5, 9))
 
     @pytest.mark.parametrize(("inputs", "kwargs", "message"), [
@@ -138,31 +138,31 @@ class TestProfileShapes:
         frames = kwargs.pop("frames", (25, 250, 250))
         kwargs.setdefault("litefocus", LITEFOCUS)
         with pytest.raises(BuildError, match=message):
-            profiles.profile_shapes("unet", inputs, frames, **kwargs)
+            shape_profiles.profile_shapes("unet", inputs, frames, **kwargs)
 
 
 class TestPolygraphyObjects:
     def test_profile(self):
-        shapes = profiles.profile_shapes("unet", REAL, (25, 2000, 2000), litefocus=LITEFOCUS, layers=LAYERS)
-        profile = profiles.trt_profile(shapes)
+        shapes = shape_profiles.profile_shapes("unet", REAL, (25, 2000, 2000), litefocus=LITEFOCUS, layers=LAYERS)
+        profile = shape_profiles.trt_profile(shapes)
         assert list(profile) == list(REAL)
         assert profile["sample"].min == (1, 8, 25, 16)
         assert profile["sample"].opt == profile["sample"].max == (2, 8, 2000, 16)
         assert tuple(profile["litefocus_index_8"]) == ((20, 1, 10), (20, 2, 800), (20, 2, 800))
 
     def test_create_config(self, tmp_path):
-        shapes = profiles.profile_shapes("unet", TINY, (25, 250, 250), litefocus=LITEFOCUS)
-        config = profiles.create_config(shapes, precision="fp16", timing_cache=tmp_path / "absent.cache",
+        shapes = shape_profiles.profile_shapes("unet", TINY, (25, 250, 250), litefocus=LITEFOCUS)
+        config = shape_profiles.create_config(shapes, precision="fp16", timing_cache=tmp_path / "absent.cache",
                                        optimization_level=5)
         assert config.fp16 and not config.tf32 and config.builder_optimization_level == 5
         assert config.timing_cache_path is None  # a missing cache is created by the build, not loaded
         assert config.profiles[0]["timestep"].max == (2,)
         cache = tmp_path / "timing.cache"
         cache.write_bytes(b"x")
-        config = profiles.create_config(shapes, precision="fp32", timing_cache=cache)
+        config = shape_profiles.create_config(shapes, precision="fp32", timing_cache=cache)
         assert not config.fp16 and config.timing_cache_path == str(cache) and config.builder_optimization_level == 3
         with pytest.raises(UsageError, match="precision must be fp32 or fp16"):
-            profiles.create_config(shapes, precision="int8")
+            shape_profiles.create_config(shapes, precision="int8")
 
 
 class TestRequireTensorRT:

@@ -14,13 +14,13 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-from litefocus_export.backends import memory
+from litefocus_export.artifacts.manifest import read_manifest
 from litefocus_export.backends.build import BuildSettings
-from litefocus_export.backends.memory import estimate_generation_memory, stage_input_shapes, stage_liveness
+from litefocus_export.backends.onnxruntime import memory
+from litefocus_export.backends.onnxruntime.memory import estimate_generation_memory, stage_input_shapes, stage_liveness
 from litefocus_export.cli import main
-from litefocus_export.errors import UsageError
-from litefocus_export.manifest import read_manifest
-from litefocus_export.vocoder_field import VocoderField
+from litefocus_export.core.errors import UsageError
+from litefocus_export.core.vocoder_field import VocoderField
 
 
 def hand_built_model() -> onnx.ModelProto:

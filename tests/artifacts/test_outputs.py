@@ -19,10 +19,10 @@ import pytest
 import soundfile
 from click.testing import CliRunner
 
-from litefocus_export import outputs
-from litefocus_export.audio import WAV_FORMATS, encode_wav, write_wav
+from litefocus_export.artifacts import outputs
+from litefocus_export.artifacts.audio import WAV_FORMATS, encode_wav, write_wav
 from litefocus_export.cli import main
-from litefocus_export.errors import UsageError
+from litefocus_export.core.errors import UsageError
 
 
 def user_folder(path):

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from .errors import UsageError
+from ..core.errors import UsageError
 from .outputs import OutputFile, check_output_file, write_output
 
 # --format value -> libsndfile subtype

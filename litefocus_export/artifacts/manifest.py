@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import EngineError, first_line
+from ..core.errors import EngineError, first_line
 from .manifest_schema import FORMAT_VERSION, check_manifest
 
 MANIFEST = "manifest.json"

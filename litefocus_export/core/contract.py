@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import UsageError
 from .geometry import downsampled_length
-from .sampling import draw_sample_index
+from .seeds import draw_sample_index
 
 # --- the op (docs/design.md §1, §2) ----------------------------------------------------------------------
 OP_DOMAIN = "ai.litefocus"

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NoReturn
 
-from .errors import UsageError
+from ..core.errors import UsageError
 
 log = logging.getLogger(__name__)
 OURS = ("export", "engine")  # manifest kinds this tool writes, so may replace

@@ -126,7 +126,7 @@ TORCH_STAGE_LABELS = {"unet": "unet_steps", "vae": "vae_decode", "vocoder": "voc
 
 
 def _request(job: dict[str, Any], steps: int) -> Any:
-    from ..request import GenerationRequest
+    from ..core.request import GenerationRequest
 
     return GenerationRequest(prompt=job["prompt"], seconds=job["seconds"], steps=steps, seed=job["seed"])
 

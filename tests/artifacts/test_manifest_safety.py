@@ -18,11 +18,11 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from litefocus_export.artifacts.manifest import read_manifest, sha256_file
+from litefocus_export.artifacts.manifest_schema import check_manifest
 from litefocus_export.cli import main
-from litefocus_export.errors import EngineError, UsageError
-from litefocus_export.manifest import read_manifest, sha256_file
-from litefocus_export.manifest_schema import check_manifest
-from litefocus_export.request import GenerationRequest
+from litefocus_export.core.errors import EngineError, UsageError
+from litefocus_export.core.request import GenerationRequest
 from litefocus_export.runtime import EngineFolder
 
 PATH_TRICKS = ["../secret.txt", "/etc/passwd", "a/../../secret.txt", "./unet.onnx", "unet.onnx/", "", "a\\b",

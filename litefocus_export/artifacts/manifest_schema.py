@@ -13,9 +13,9 @@ from collections.abc import Callable
 from pathlib import PurePosixPath
 from typing import Any
 
-from .choices import ATTENTIONS, ENGINE_BACKENDS, ENGINE_PRECISIONS
-from .contract import ALL_STAGES, PIPELINE_KINDS, check_levels, check_sparse_ratio
-from .errors import EngineError, UsageError
+from ..core.choices import ATTENTIONS, ENGINE_BACKENDS, ENGINE_PRECISIONS
+from ..core.contract import ALL_STAGES, PIPELINE_KINDS, check_levels, check_sparse_ratio
+from ..core.errors import EngineError, UsageError
 
 # 2: the UNet's litefocus_index_<w> inputs are (L, batch, M), one sample per batch row (docs/design.md §2)
 FORMAT_VERSION = 2
@@ -124,7 +124,7 @@ def _litefocus(value: Any, where: str) -> dict[str, Any] | None:
 
 
 def _profiles(value: Any, where: str) -> list[Any]:
-    from .profiles import DurationProfile
+    from ..core.durations import DurationProfile
 
     profiles = _list(value, where)
     if not profiles:

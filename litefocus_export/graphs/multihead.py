@@ -16,7 +16,7 @@ from collections.abc import Callable
 import onnx
 from onnx import helper
 
-from ..contract import OP_DOMAIN, OP_TYPE
+from ..core.contract import OP_DOMAIN, OP_TYPE
 
 CONTRIB_DOMAIN = "com.microsoft"
 

@@ -10,10 +10,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ...contract import BATCH, LATENT_FRAMES, LM_TOKENS, MEL_FRAMES, TEXT_TOKENS, samples_dim_width
-from ...errors import BuildError, UsageError
-from ...geometry import VAE_SCALE, downsampled_length, level_width
-from ...sampling import num_samples
+from ...core.contract import BATCH, LATENT_FRAMES, LM_TOKENS, MEL_FRAMES, TEXT_TOKENS, samples_dim_width
+from ...core.errors import BuildError, UsageError
+from ...core.geometry import VAE_SCALE, downsampled_length, level_width
+from ...core.seeds import num_samples
 
 ShapeRange = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
 # AudioLDM2ProjectionModel wraps the CLAP embedding (1 token) and the T5 sequence in SOS/EOS tokens:

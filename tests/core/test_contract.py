@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from litefocus_export import contract
-from litefocus_export.errors import UsageError
+from litefocus_export.core import contract
+from litefocus_export.core.errors import UsageError
 from litefocus_export.models import model_facts
 
 LAYERS = [{"name": f"l{i}", "level": 1, "width": 8} for i in range(3)] + [{"name": "m", "level": 2, "width": 4}]
@@ -58,7 +58,7 @@ def test_samples_drawn_in_layer_order_with_a_minimum():
 
 def test_one_request_draws_as_before():
     """A request's draw is layer by layer in execution order from its own generator (what PyTorch draws)."""
-    from litefocus_export.sampling import draw_sample_index
+    from litefocus_export.core.seeds import draw_sample_index
 
     rng = np.random.default_rng(7)
     expected = [draw_sample_index(rng, 3 * 8, 0.5) for _ in range(3)] + [draw_sample_index(rng, 2 * 4, 0.5)]
