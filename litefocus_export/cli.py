@@ -463,3 +463,18 @@ def request(url, timeout, prompt, seconds, steps, seed, guidance, negative_promp
     write_wav(output, waveform, sample_rate, wav_format)
     click.echo(f"wrote {output} ({len(waveform) / sample_rate:.2f} s at {sample_rate} Hz, {wav_format})",
                err=output.kind == "stdout")
+
+
+@main.command("device-check", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                                "help_option_names": []})
+@click.argument("check", type=click.Choice(["kernel", "e2e", "tensorrt"]))
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def device_check(check: str, args: tuple[str, ...]) -> None:
+    """Run a GPU check (kernel, e2e, tensorrt); its own options follow it (CHECK --help lists them)."""
+    from .devicecheck import check_main
+
+    sys.exit(check_main(check)(list(args)))
+
+
+if __name__ == "__main__":  # python -m litefocus_export.cli: a checkout without pip install (the device machine)
+    main()

@@ -11,7 +11,7 @@ ROOT = Path(litefocus_export.__file__).parent
 PACKAGE = "litefocus_export"
 # data flows one way: a module imports its own layer and the layers below it (0: the torch-free core)
 LAYERS = {"core": 0, "artifacts": 1, "attention": 2, "models": 2, "export": 3, "graphs": 3, "backends": 4,
-          "runtime": 5, "pytorch": 6, "serve": 6, "report": 6, "cli": 7}
+          "runtime": 5, "pytorch": 6, "serve": 6, "report": 6, "devicecheck": 6, "cli": 7}
 
 
 def modules() -> dict[str, Path]:

@@ -2,7 +2,7 @@
 
 conftest.py sets TRITON_INTERPRET=1 before this module imports the kernel. The interpreter multiplies in
 numpy whatever the precision, so these tests pin which precision reaches the kernel, not TF32's accuracy
-(the GPU device check measures that: scripts/device_check_e2e.py, section "kernel fp32").
+(the GPU device check measures that: litefocus-export device-check e2e, section "kernel fp32").
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""scripts/device_check_e2e.py on CPU: the tiny model end to end under Triton's interpreter, and its arguments.
+"""``litefocus-export device-check e2e`` on CPU: the tiny model end to end under Triton's interpreter, and its
+arguments.
 
 The run routes the parity evaluation through the interpreted Triton kernel (TRITON_INTERPRET=1 in the
 subprocess), so the kernel runs inside a whole UNet with a processor's strided q, k, v.
@@ -6,7 +7,6 @@ subprocess), so the kernel runs inside a whole UNet with a processor's strided q
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "scripts" / "device_check_e2e.py"
 TINY = ["--device", "cpu", "--model", "random:audioldm2-tiny", "--seconds", "1", "--steps", "1", "--repeats", "1",
         "--warmup", "1"]
 
@@ -29,8 +28,8 @@ def run_script(args: list[str], interpret: bool = True, timeout: int = 240) -> s
     env.pop("TRITON_INTERPRET", None)
     if interpret:
         env["TRITON_INTERPRET"] = "1"
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env,
-                          timeout=timeout, cwd=REPO)
+    return subprocess.run([sys.executable, "-m", "litefocus_export.cli", "device-check", "e2e", *args],
+                          capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
 
 
 def finite(value: Any) -> bool:
@@ -152,15 +151,14 @@ def test_cuda_without_a_gpu_exits_2(tmp_path):
         pytest.skip("a CUDA device is present")
     proc = run_script(["--out", str(tmp_path)], interpret=False, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["device_check_e2e: error: no CUDA device; use --device cpu "
-                                                "(with --model random:audioldm2-tiny)"]
+    assert proc.stderr.strip().splitlines() == ["litefocus-export device-check e2e: error: no CUDA device; use "
+                                                "--device cpu (with --model random:audioldm2-tiny)"]
 
 
 def load_script() -> Any:
-    spec = importlib.util.spec_from_file_location("device_check_e2e", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from litefocus_export.devicecheck import e2e
+
+    return e2e
 
 
 def test_staged_samples_refill_with_the_next_draws():

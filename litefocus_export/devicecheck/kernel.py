@@ -1,13 +1,14 @@
 """Device check of the fused LiteFocus Triton kernel: correctness, then speed at the 80 s AudioLDM2 shape.
 
-On a CUDA machine, from the repository root (no ``pip install`` needed; torch and triton only)::
+On a CUDA machine (torch and triton only; from a checkout without ``pip install``, ``python -m litefocus_export.cli``
+stands for ``litefocus-export``)::
 
-    python scripts/device_check_kernel.py            # checks + one markdown table, well under a minute
-    python scripts/device_check_kernel.py --sweep    # also times a few tile configurations
+    litefocus-export device-check kernel            # checks + one markdown table, well under a minute
+    litefocus-export device-check kernel --sweep    # also times a few tile configurations
 
 On CPU, through Triton's interpreter at tiny shapes (sets TRITON_INTERPRET=1 itself)::
 
-    python scripts/device_check_kernel.py --cpu-smoke
+    litefocus-export device-check kernel --cpu-smoke
 
 The timed shape is one F = 8 self-attention of AudioLDM2 at 80 s (docs/design.md §6): B = 2 (classifier-free
 guidance), 8 heads of 256 / 8 = 32 channels, T = 1000 frames x F = 8 bins (N = 8000), M = 800 samples.
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import os
 import sys
 import time
@@ -26,7 +26,6 @@ import types
 from collections.abc import Callable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
 TOLERANCE = {"fp32": 1e-5, "fp16": 2e-3, "bf16": 1e-2}
 # (B, H, T, F, M, D): ragged query/key blocks, F in 1/3/8, M = 0, head dims 32, 40 (padded), 128
 GPU_CHECKS = [(2, 4, 125, 8, 100, 32), (1, 2, 77, 3, 50, 40), (1, 1, 33, 1, 0, 128)]
@@ -38,23 +37,18 @@ SWEEP = [(64, 64, 4, 2), (128, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 3), (128,
 
 
 def load_modules() -> types.SimpleNamespace:
-    """The op modules and the kernel, from an install or straight from this checkout."""
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
+    """The op modules and the kernel (``core.kernels.plugin_module``: installed or from this checkout)."""
+    from ..core.kernels import plugin_module
+
     try:
-        from litefocus_export.attention import fast, reference
+        from ..attention import fast, reference
     except ImportError as error:  # the package __init__ pulls in parts this check does not need
         print(f"note: litefocus_export.attention needs {error.name}; loading only the op modules")
         stub = types.ModuleType("litefocus_export.attention")
-        stub.__path__ = [str(REPO / "litefocus_export" / "attention")]
+        stub.__path__ = [str(Path(__file__).resolve().parents[1] / "attention")]
         sys.modules["litefocus_export.attention"] = stub
-        from litefocus_export.attention import fast, reference
-    try:
-        kernel = importlib.import_module("litefocus_export.plugins.triton.dual_sparse_attention")
-    except ModuleNotFoundError as missing:  # not installed: plugins/ is a top-level package here
-        if not (missing.name or "").startswith("litefocus_export.plugins"):
-            raise
-        kernel = importlib.import_module("plugins.triton.dual_sparse_attention")
+        from ..attention import fast, reference
+    kernel = plugin_module("triton.dual_sparse_attention")
     return types.SimpleNamespace(fast=fast, reference=reference, kernel=kernel)
 
 
@@ -119,7 +113,7 @@ def check_op_dispatch(mods, device: str) -> bool:
     """On CUDA the custom op must run the fused kernel (bit-identical); on CPU, the dense form."""
     import torch
 
-    from litefocus_export.attention.op import dual_sparse_attention
+    from ..attention.op import dual_sparse_attention
 
     shape = GPU_CHECKS[0] if device == "cuda" else CPU_CHECKS[0]
     q, k, v, index = make_inputs(shape, torch.float16 if device == "cuda" else torch.float32, device)
@@ -190,11 +184,11 @@ def print_table(header: tuple, rows: list[tuple]) -> None:
         print("| " + " | ".join(str(c) for c in row) + " |")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="litefocus-export device-check kernel", description=__doc__.splitlines()[0])
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on CPU via TRITON_INTERPRET=1")
     parser.add_argument("--sweep", action="store_true", help="also time a few tile configurations (fp16)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.cpu_smoke:
         os.environ["TRITON_INTERPRET"] = "1"  # before the kernel module is imported
     mods = load_modules()

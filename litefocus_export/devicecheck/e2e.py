@@ -1,8 +1,8 @@
 """Device check, end to end: the real-size UNet and a whole generation, stock diffusers vs LiteFocus, measured.
 
-On a CUDA machine, from the repository root (``scripts/device_check.sh`` runs it after the kernel check)::
+On a CUDA machine (``scripts/device_check.sh`` runs it after the kernel check)::
 
-    python scripts/device_check_e2e.py --out OUT        # random:audioldm2 (real size), fp16 + bf16
+    litefocus-export device-check e2e --out OUT        # random:audioldm2 (real size), fp16 + bf16
 
 Sections, in this order (a global ``--budget-s`` skips what is left, with a note, instead of overrunning):
 
@@ -28,7 +28,7 @@ every check passed (skips allowed), 1 when one failed or a section raised, 2 for
 The same code runs on CPU with the tiny model; with ``TRITON_INTERPRET=1`` set, the parity evaluation and the
 kernel section run the Triton kernel through Triton's interpreter (the tests do this)::
 
-    TRITON_INTERPRET=1 python scripts/device_check_e2e.py --device cpu --model random:audioldm2-tiny \\
+    TRITON_INTERPRET=1 litefocus-export device-check e2e --device cpu --model random:audioldm2-tiny \\
         --seconds 1 --steps 1 --repeats 1 --warmup 1 --out /tmp/e2e
 """
 
@@ -52,19 +52,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from litefocus_export.core.errors import first_line
-from litefocus_export.core.kernels import plugin_module
-from litefocus_export.report.measure import peak_rss_mb  # VmHWM of this process
-from litefocus_export.report.output import median, ratio
+from ..core.errors import first_line
+from ..core.kernels import plugin_module
+from ..report.measure import peak_rss_mb  # VmHWM of this process
+from ..report.output import median, ratio
+from .render import STAGES, markdown, mb_text, route_text
 
-REPO = Path(__file__).resolve().parents[1]
+PROG = "litefocus-export device-check e2e"
 DTYPES = ("fp32", "fp16", "bf16")
 MODES = ("eager", "cuda-graph")
 PARITY_TOLERANCE = 1e-3
 KERNEL_TOLERANCE = 1e-5
 # (B, H, T, F, M, D): one F = 8 self-attention of AudioLDM2 at 80 s; a tiny one for the interpreter
 KERNEL_SHAPE = {"cuda": (2, 8, 1000, 8, 800, 32), "cpu": (1, 2, 24, 4, 16, 16)}
-STAGES = ("conditioning", "unet_steps", "vae_decode", "vocoder")
 
 
 # --- arguments ------------------------------------------------------------------------------------------
@@ -129,7 +129,7 @@ def _ratio(text: str) -> float:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = OneLineParser(prog="device_check_e2e", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="random:audioldm2", help="model spec (default random:audioldm2)")
     parser.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (default cuda)")
     parser.add_argument("--dtype", type=_choices(DTYPES), default=None,
@@ -347,9 +347,9 @@ class Check:
     def __init__(self, args: argparse.Namespace):
         import torch
 
-        import litefocus_export.attention as attention
-        import litefocus_export.attention.op as op_module
-        from litefocus_export.models import load_unet, model_facts
+        from .. import attention
+        from ..attention import op as op_module
+        from ..models import load_unet, model_facts
 
         self.args, self.torch, self.attention, self.op_module = args, torch, attention, op_module
         self.dev = Device(torch, args.device)
@@ -436,7 +436,7 @@ class Check:
         return self.attention.LiteFocusConfig(sparse_ratio=self.args.sparse_ratio, seed=self.args.seed)
 
     def random_samples(self) -> Any:
-        from litefocus_export.core.seeds import seeded_streams
+        from ..core.seeds import seeded_streams
 
         return self.attention.RandomSamples(self.args.sparse_ratio, generator=seeded_streams(self.args.seed)[1])
 
@@ -450,7 +450,7 @@ class Check:
 
     def inputs(self, seconds: float, dtype: str, device: Any = None) -> tuple[Any, Any, dict[str, Any]]:
         """Seeded batch-2 UNet inputs (``contract.example_unet_feeds``) as (sample, timestep, kwargs)."""
-        from litefocus_export.core.contract import example_unet_feeds, unet_call_arguments, unet_inputs
+        from ..core.contract import example_unet_feeds, unet_call_arguments, unet_inputs
 
         facts, torch = self.facts, self.torch
         descriptions = unet_inputs(facts.kind, facts.unet_config, facts.geometry.latent_freq_bins)
@@ -547,9 +547,9 @@ class Check:
                                   "tolerance": PARITY_TOLERANCE, "passed": passed}
         self.results["routing"] = {"parity fp32": route}
         self.results["checks"]["parity"] = {"passed": passed, "detail": f"max rel err {error:.2e}"}
-        self.results["checks"]["routing parity fp32"] = {"passed": route["passed"], "detail": _route_text(route)}
+        self.results["checks"]["routing parity fp32"] = {"passed": route["passed"], "detail": route_text(route)}
         print(f"parity at {seconds:g} s: max rel err {error:.2e} ({'PASS' if passed else 'FAIL'}); "
-              f"routing: {_route_text(route)}", flush=True)
+              f"routing: {route_text(route)}", flush=True)
 
     # --- 2. kernel fp32 precisions
 
@@ -563,8 +563,8 @@ class Check:
             return
         import torch.nn.functional as F
 
-        from litefocus_export.attention.fast import dual_sparse_attention_fast
-        from litefocus_export.attention.reference import dual_sparse_attention_reference
+        from ..attention.fast import dual_sparse_attention_fast
+        from ..attention.reference import dual_sparse_attention_reference
 
         batch, heads, frames, bins, samples, dim = shape = KERNEL_SHAPE["cuda" if self.dev.cuda else "cpu"]
         gen = torch.Generator(device=self.dev.device).manual_seed(1)
@@ -649,12 +649,12 @@ class Check:
         del route["output"], route["samples"]
         route["stock_host_syncs"] = stock_syncs["count"]
         self.results["routing"][f"UNet {dtype}"] = route
-        self.results["checks"][f"routing UNet {dtype}"] = {"passed": route["passed"], "detail": _route_text(route)}
+        self.results["checks"][f"routing UNet {dtype}"] = {"passed": route["passed"], "detail": route_text(route)}
         if self.dev.cuda:  # LiteFocus may not add host synchronisations (e.g. a blocking sample copy per layer)
             extra = route["host_syncs"] - stock_syncs["count"]
             self.results["checks"][f"host syncs UNet {dtype}"] = {
                 "passed": extra <= 0, "detail": f"LiteFocus {route['host_syncs']}, stock {stock_syncs['count']}"}
-        print(f"routing {dtype}: {_route_text(route)}; host syncs per evaluation: stock {stock_syncs['count']}, "
+        print(f"routing {dtype}: {route_text(route)}; host syncs per evaluation: stock {stock_syncs['count']}, "
               f"LiteFocus {route['host_syncs']}", flush=True)
         self.attention.unpatch(unet)
 
@@ -681,7 +681,7 @@ class Check:
                         self.dev.release()
                     self.results["unet"].append(row)
                     if row.get("ms") is not None:
-                        print(f"{what}: {row['ms']:.2f} ms, peak {_mb(row['peak_mb'])}", flush=True)
+                        print(f"{what}: {row['ms']:.2f} ms, peak {mb_text(row['peak_mb'])}", flush=True)
 
     def _time_unet(self, unet: Any, inputs: tuple, mode: str, impl: str) -> dict[str, Any]:
         torch, args, dev = self.torch, self.args, self.dev
@@ -742,9 +742,9 @@ class Check:
     # --- 4. whole generation
 
     def generation(self) -> None:
-        from litefocus_export import load_pipeline
-        from litefocus_export.core.request import GenerationRequest
-        from litefocus_export.pytorch import generate_torch
+        from ..core.request import GenerationRequest
+        from ..models import load_pipeline
+        from ..pytorch import generate_torch
 
         args, dev = self.args, self.dev
         dtype = self.dtypes[0]
@@ -880,113 +880,17 @@ def _summarise_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-# --- report -----------------------------------------------------------------------------------------------
-
-
-def _mb(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f} MB"
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f} ms" if value < 10 else f"{value:.1f} ms"
-
-
-def _n(value: int | None) -> str:
-    return "-" if value is None else str(value)
-
-
-def _x(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
-
-
-def _route_text(route: dict[str, Any]) -> str:
-    return (f"{route['litefocus_calls']} LiteFocus calls for {route['patched_layers']} patched layers: "
-            f"{route['fused_kernel_calls']} fused kernel, {route['dense_form_calls']} dense form, "
-            f"{route['fallback_calls']} fallbacks (expected: all {route['expected_path']}) "
-            f"{'PASS' if route['passed'] else 'FAIL'}")
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
-
-
-def markdown(results: dict[str, Any]) -> str:
-    env, settings = results["environment"], results["settings"]
-    lines = [f"# End-to-end device check: {settings['model']}", "",
-             f"{env['device']}; torch {env['torch']}, triton {env['triton']}, diffusers {env['diffusers']}; "
-             f"times: {env['timing']}, median of {settings['repeats']} after {settings['warmup']} warm-up; "
-             f"memory: {env['memory']}. Batch 2 (classifier-free guidance), sparse ratio {settings['sparse_ratio']}.",
-             ""]
-    parity = results.get("parity")
-    if parity:
-        lines += [f"Parity at {parity['seconds']:g} s, fp32: {parity['device_path']} on the device vs "
-                  f"{parity['reference_path']}, same samples: max rel err {parity['max_rel_err']:.2e} "
-                  f"(<= {parity['tolerance']:g}): {'PASS' if parity['passed'] else 'FAIL'}", ""]
-    routing = results.get("routing") or {}
-    if routing:
-        rows = [[name, *(_n(r[k]) for k in ("litefocus_calls", "fused_kernel_calls", "dense_form_calls",
-                                            "fallback_calls")),
-                 _n(r.get("stock_host_syncs")), _n(r["host_syncs"]), "PASS" if r["passed"] else "FAIL"]
-                for name, r in routing.items()]
-        lines += ["## Routing: one UNet evaluation", "",
-                  *_table(["evaluation", "LiteFocus calls", "fused kernel", "dense form", "fallbacks",
-                           "host syncs stock", "host syncs LiteFocus", "check"], rows), ""]
-    kernel = results.get("kernel_fp32")
-    if kernel:
-        shape = ", ".join(f"{k}={v}" for k, v in kernel["shape"].items())
-        rows = [[r["impl"], _ms(r["ms"]), _x(r["vs_dense"]), r.get("error") or
-                 ("-" if r["max_rel_err"] is None else f"{r['max_rel_err']:.2e}")] for r in kernel["rows"]]
-        lines += [f"## Kernel, fp32 ({shape})", "",
-                  *_table(["impl", "time", "vs dense form", "max rel err vs reference"], rows), ""]
-    unet_rows = results.get("unet") or []
-    if unet_rows:
-        by = {(r["dtype"], r["seconds"], r["mode"], r["impl"]): r for r in unet_rows}
-        rows = []
-        for dtype, seconds, mode in dict.fromkeys((r["dtype"], r["seconds"], r["mode"]) for r in unet_rows):
-            stock, lite = by.get((dtype, seconds, mode, "stock"), {}), by.get((dtype, seconds, mode, "litefocus"), {})
-            rows.append([dtype, f"{seconds:g} s", mode, _ms(stock.get("ms")), _ms(lite.get("ms")),
-                         _x(ratio(stock.get("ms"), lite.get("ms"))), _mb(stock.get("peak_mb")),
-                         _mb(lite.get("peak_mb"))])
-        lines += ["## One UNet evaluation, batch 2", "",
-                  *_table(["dtype", "audio", "mode (both sides)", "stock SDPA", "LiteFocus", "speedup",
-                           "peak stock", "peak LiteFocus"], rows), ""]
-    generation = results.get("generation")
-    if generation and generation.get("runs"):
-        stock, lite = generation["runs"].get("stock", {}), generation["runs"].get("litefocus", {})
-        rows = []
-        for stage in (*STAGES, "end_to_end"):
-            rows.append([stage.replace("_", " "), _ms(stock.get(f"{stage}_ms")), _ms(lite.get(f"{stage}_ms")),
-                         _x(ratio(stock.get(f"{stage}_ms"), lite.get(f"{stage}_ms"))),
-                         _mb(stock.get(f"{stage}_peak_mb")), _mb(lite.get(f"{stage}_peak_mb"))])
-        lines += [f"## Whole generation: {generation['seconds']:g} s, {generation['steps']} steps, "
-                  f"{generation['scheduler']}, {generation['dtype']}", "",
-                  *_table(["stage", "stock", "LiteFocus", "speedup", "peak stock", "peak LiteFocus"], rows), ""]
-    if results.get("skipped"):
-        lines += ["## Skipped", "", *(f"- {s['what']}: {s['why']}" for s in results["skipped"]), ""]
-    if results.get("errors"):
-        lines += ["## Errors", "", *(f"- {e['section']}: {e['error']}" for e in results["errors"]), ""]
-    if results.get("peak_rss_mb") is not None:
-        lines += [f"Peak RSS of the whole run: {results['peak_rss_mb']:.0f} MB.", ""]
-    checks = results.get("checks") or {}
-    verdict = "all checks passed" if results.get("ok") else "FAILED"
-    listed = ", ".join(f"{name}: {'pass' if check['passed'] else 'FAIL'}" for name, check in checks.items())
-    lines += [f"Checks: {verdict} ({listed}). Wall time {results.get('wall_s', 0):.0f} s.", ""]
-    return "\n".join(lines)
-
-
 # --- main -----------------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if str(REPO) not in sys.path:  # run from a checkout without pip install
-        sys.path.insert(0, str(REPO))
     import torch
 
-    from litefocus_export.core.errors import UsageError
+    from ..core.errors import UsageError
 
     def usage(message: str) -> int:
-        print(f"device_check_e2e: error: {message}", file=sys.stderr)
+        print(f"{PROG}: error: {message}", file=sys.stderr)
         return 2
 
     if args.device.startswith("cuda"):
@@ -1000,7 +904,7 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             return usage(f"{name} is not installed")
     try:
-        from litefocus_export.models import model_facts
+        from ..models import model_facts
 
         model_facts(args.model)
     except UsageError as error:
