@@ -131,6 +131,17 @@ def _request(job: dict[str, Any], steps: int) -> Any:
     return GenerationRequest(prompt=job["prompt"], seconds=job["seconds"], steps=steps, seed=job["seed"])
 
 
+def cast_as_asked(model: Any, job: dict[str, Any]) -> Any:
+    """``job["dtype"] == "bf16"``: the torch dtype a module or pipeline was cast to with ``.to(torch.bfloat16)``,
+    what a user with a bf16 CPU would do (the report's ``torch-bf16``); None (left in fp32) otherwise."""
+    if job.get("dtype", "fp32") != "bf16":
+        return None
+    import torch
+
+    model.to(torch.bfloat16)
+    return torch.bfloat16
+
+
 class TorchGeneration:
     """Full pipeline generations with PyTorch, timed per stage."""
 
@@ -140,10 +151,7 @@ class TorchGeneration:
 
         self.job = job
         self.pipe = load_pipeline(job["model"])
-        if job.get("dtype", "fp32") == "bf16":  # the stock pipeline cast as a user with a bf16 CPU would
-            import torch
-
-            self.pipe.to(torch.bfloat16)
+        cast_as_asked(self.pipe, job)
         self.pipe.set_progress_bar_config(disable=True)
         self.config = LiteFocusConfig(sparse_ratio=job["sparse_ratio"], levels=tuple(job["levels"]), seed=job["seed"])
 

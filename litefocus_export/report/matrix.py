@@ -9,18 +9,15 @@ measured. Backends that cannot run here are listed as skipped with the reason, n
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from ..core.errors import LiteFocusError
-from .machine import failure_reason
+from .measure import MeasureFailed, measure_in_process
 from .output import write_outputs
 from .settings import ENGINE_BACKENDS, ReportSettings, ReportState, config_stem, output_path, split_variant
 
@@ -132,14 +129,12 @@ def job_for(state: ReportState, seconds: float, backend: str, attention: str, wo
 
 
 def measure_one(state: ReportState, seconds: float, backend: str, attention: str, work: Path) -> dict[str, Any]:
-    """Run one configuration in a child process; a failure becomes a row with its reason."""
-    job = job_for(state, seconds, backend, attention, work)
-    stem = config_stem(seconds, backend, attention)
-    job_file, result_file = work / f"{stem}.job.json", work / f"{stem}.result.json"
-    job_file.write_text(json.dumps(job))
+    """Run one configuration in a child process (``measure.measure_in_process``); a failure becomes a row with its
+    reason."""
     row: dict[str, Any] = {"seconds": seconds, "backend": backend, "attention": attention}
-    proc = subprocess.run([sys.executable, "-m", "litefocus_export.report.measure", str(job_file), str(result_file)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0 or not result_file.is_file():
-        return {**row, "status": "failed", "error": failure_reason(proc)}
-    return {**row, "status": "ok", "error": None, "raw": json.loads(result_file.read_text())}
+    try:
+        raw = measure_in_process(job_for(state, seconds, backend, attention, work), work,
+                                 config_stem(seconds, backend, attention))
+    except MeasureFailed as exc:
+        return {**row, "status": "failed", "error": exc.reason}
+    return {**row, "status": "ok", "error": None, "raw": raw}

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 
 from ..core.contract import UNET, example_unet_feeds, unet_call_arguments, unet_inputs
+from ..core.errors import LiteFocusError
 from ..core.seeds import seeded_streams
 from ..models.facts import ModelFacts, model_facts
-from .machine import process_status_mb
+from .machine import failure_reason, process_status_mb
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class TorchUNet:
 
         from ..attention import LiteFocusConfig, RandomSamples, patch_unet
         from ..models import load_unet
+        from .generations import cast_as_asked
 
         self.torch = torch
         self.unet = load_unet(job["model"])
@@ -63,9 +65,9 @@ class TorchUNet:
                        freq_bins=facts.geometry.latent_freq_bins, context_free=facts.context_free)
         feeds = unet_feeds(facts, facts.geometry.latent_frames(job["seconds"]), job["seed"])
         self.inputs = {k: torch.from_numpy(v) for k, v in feeds.items()}
-        if job.get("dtype", "fp32") == "bf16":
-            self.unet.to(torch.bfloat16)
-            self.inputs = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in self.inputs.items()}
+        dtype = cast_as_asked(self.unet, job)
+        if dtype is not None:
+            self.inputs = {k: v.to(dtype) if v.is_floating_point() else v for k, v in self.inputs.items()}
 
     def __call__(self) -> np.ndarray:
         sample, timestep, kwargs = unet_call_arguments(self.inputs)
@@ -122,22 +124,28 @@ def run_job(job: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray]:
     return {**times, "peak_rss_mb": max(peak_rss_mb(), PEAKS.overall_mb)}, output
 
 
+class MeasureFailed(LiteFocusError):
+    """A measuring process failed; ``reason`` is one line (its last stderr line, or the signal that killed it)."""
+
+    def __init__(self, stem: str, reason: str):
+        super().__init__(f"{stem} failed: {reason}")
+        self.reason = reason
+
+
 def measure_in_process(job: dict[str, Any], work: Path, stem: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run ``job`` in its own process (this module as a script) with its files in ``work``; returns its result.
 
     Raises:
-        LiteFocusError: the process failed (its exit code and the end of its stderr).
+        MeasureFailed: the process failed or wrote no result (``report.machine.failure_reason``).
     """
     import subprocess
-
-    from ..core.errors import LiteFocusError
 
     job_file, result_file = work / f"{stem}.job.json", work / f"{stem}.result.json"
     job_file.write_text(json.dumps(job))
     proc = subprocess.run([sys.executable, "-m", "litefocus_export.report.measure", str(job_file), str(result_file)],
                           capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise LiteFocusError(f"{stem} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    if proc.returncode != 0 or not result_file.is_file():
+        raise MeasureFailed(stem, failure_reason(proc))
     return json.loads(result_file.read_text())
 
 
