@@ -20,14 +20,25 @@ def ort_log_severity() -> int:
     return 0 if logging.getLogger("litefocus_export").isEnabledFor(logging.DEBUG) else 3
 
 
-def session_options(threads: int = 0, arena: bool = False) -> Any:
-    """Run-time session settings: intra-op threads, quiet log, and the CPU arena on or off (``OrtStage``)."""
+def session_options(threads: int = 0, arena: bool = False, *, optimization_level: str | None = None,
+                    optimized_path: Path | None = None) -> Any:
+    """ONNX Runtime session settings, for the runner and the builder alike: intra-op threads, a quiet log, the CPU
+    arena on or off (``OrtStage``); a build also names its ``GraphOptimizationLevel`` and the file the optimised
+    graph is saved to (weights of 1 KB and more in ``<file>.data`` beside it)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = ort_log_severity()
     options.enable_cpu_mem_arena = arena
+    if optimization_level is not None:
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, optimization_level)
+    if optimized_path is not None:
+        options.optimized_model_filepath = str(optimized_path)
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                         optimized_path.name + ".data")
+        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                         "1024")
     return options
 
 

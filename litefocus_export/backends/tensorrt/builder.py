@@ -29,21 +29,11 @@ from ...artifacts.cache import cache_root
 from ...core.contract import OP_DOMAIN, OP_TYPE, PLUGIN_NAMESPACE
 from ...core.errors import BuildError, UsageError, first_line
 from .shape_profiles import PROFILE_BATCH, ShapeRange, create_config, profile_shapes, text_token_ranges
-from .support import ATTENTION_IMPLS, MIN_NATIVE_VERSION, cuda_devices, plugin_module
-from .support import require_tensorrt as _require_tensorrt
+from .support import ATTENTION_IMPLS, MIN_NATIVE_VERSION, cuda_devices, plugin_module, require_tensorrt
 
 log = logging.getLogger(__name__)
 
 AttentionImpl = Literal["plugin", "native"]
-
-
-def require_tensorrt(attention_impl: str = "native") -> Any:
-    """Import tensorrt for building, or raise a one-line ``BuildError``.
-
-    Checks that tensorrt imports, is new enough (``MIN_TENSORRT_VERSION`` of the plugin for
-    ``attention_impl="plugin"``, 10.0 otherwise) and that a CUDA GPU is visible.
-    """
-    return _require_tensorrt(attention_impl, error=BuildError)
 
 
 def tensorrt_backend_info(attention_impl: str = "native") -> dict[str, Any]:
@@ -52,7 +42,7 @@ def tensorrt_backend_info(attention_impl: str = "native") -> dict[str, Any]:
     ``{name, version, device, architecture ("sm_90"), attention_impl, min_version}``, plus
     ``plugin_id`` and ``plugin_hash`` with ``attention_impl="plugin"``.
     """
-    trt = require_tensorrt(attention_impl)
+    trt = require_tensorrt(attention_impl, error=BuildError)
     name, architecture = cuda_devices()[0]
     info: dict[str, Any] = {"name": "tensorrt", "version": trt.__version__, "device": name,
                             "architecture": architecture, "attention_impl": attention_impl}
@@ -146,7 +136,7 @@ class TrtEngineFromOnnx:
         model = onnx.load(str(self.onnx_path), load_external_data=False)
         nodes = litefocus_nodes(model)
         plugin = bool(nodes) and self.attention_impl == "plugin"
-        trt = require_tensorrt("plugin" if plugin else "native")
+        trt = require_tensorrt("plugin" if plugin else "native", error=BuildError)
         start = time.perf_counter()
         log.info("building %s with TensorRT %s (%s%s) ...", self.out_path.name, trt.__version__, self.precision,
                  f", LiteFocus as {self.attention_impl}" if nodes else "")
@@ -211,7 +201,7 @@ class TensorRTBackend:
     """The ``build`` step for TensorRT: every stage as an engine with one optimisation profile."""
 
     def __init__(self, profile_frames: tuple[int, int, int], attention_impl: AttentionImpl = "native"):
-        require_tensorrt()
+        require_tensorrt(error=BuildError)
         self.frames, self.attention_impl = profile_frames, attention_impl
         # TensorRT version, GPU architecture and plugin hash: probed once per build (they query the driver)
         self.info = tensorrt_backend_info(attention_impl)

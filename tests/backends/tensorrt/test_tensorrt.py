@@ -172,7 +172,7 @@ class TestRequireTensorRT:
         expected = (f"the tensorrt backend needs TensorRT >= {version} and an NVIDIA GPU: tensorrt is not installed "
                     f"here (pip install 'litefocus-export[gpu]')")
         with pytest.raises(BuildError) as caught:
-            backend.require_tensorrt(impl)
+            support.require_tensorrt(impl, error=BuildError)
         assert str(caught.value) == expected and "\n" not in expected
         with pytest.raises(BuildError, match="not installed"):
             backend.tensorrt_backend_info(impl)
@@ -181,18 +181,18 @@ class TestRequireTensorRT:
         monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.8.0.43"))
         monkeypatch.setattr(support, "cuda_devices", lambda: [("GPU", "sm_90")])
         with pytest.raises(BuildError, match=r"plugin: found TensorRT 10\.8\.0\.43 \(pip install -U 'tensorrt>=10\.9'"):
-            backend.require_tensorrt("plugin")
-        assert backend.require_tensorrt("native").__version__ == "10.8.0.43"
+            support.require_tensorrt("plugin", error=BuildError)
+        assert support.require_tensorrt("native", error=BuildError).__version__ == "10.8.0.43"
 
     def test_no_gpu(self, monkeypatch):
         monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.13.0"))
         monkeypatch.setattr(support, "cuda_devices", lambda: [])
         with pytest.raises(BuildError, match="no CUDA device is visible here"):
-            backend.require_tensorrt()
+            support.require_tensorrt(error=BuildError)
 
     def test_bad_impl(self):
         with pytest.raises(UsageError, match="attention_impl must be plugin or native"):
-            backend.require_tensorrt("fast")
+            support.require_tensorrt("fast", error=BuildError)
 
     def test_runtime_raises_engine_error(self, monkeypatch):
         monkeypatch.setitem(sys.modules, "tensorrt", None)
