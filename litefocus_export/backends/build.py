@@ -45,7 +45,7 @@ class BuildSettings:
         device: ONNX Runtime execution provider, ``"cpu"`` or ``"cuda"`` (OpenVINO: ``"cpu"``).
         attention_impl: TensorRT's LiteFocus implementation, ``"native"`` or ``"plugin"``.
         export: the ONNX export settings (attention, ratio, levels, precision).
-        attention_policy: how the attention was chosen (``profiles.resolve_attention``), kept in the manifest.
+        attention_policy: how the attention was chosen (``durations.resolve_attention``), kept in the manifest.
         engine_precision: OpenVINO only: ``"fp32"``, ``"bf16"``, ``"int8"``, or None / ``"auto"`` (bf16 where the CPU
             has bf16 units, else fp32); built from the fp32 export.
         skip_memory_check: build even when a generation at the profile's longest duration would need more

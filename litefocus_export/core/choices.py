@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 Attention = Literal["full", "litefocus"]
-# what a user may ask for: an attention, or "auto" (by length: profiles.resolve_attention)
+# what a user may ask for: an attention, or "auto" (by length: durations.resolve_attention)
 AttentionPolicy = Literal["full", "litefocus", "auto"]
 EngineBackend = Literal["onnxruntime", "tensorrt", "openvino"]
 ExportPrecision = Literal["fp32", "fp16"]
