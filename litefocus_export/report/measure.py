@@ -120,7 +120,7 @@ def run_job(job: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray]:
         times, output = time_generations(job)
     from .generations import PEAKS
 
-    # per-stage peaks reset VmHWM (report.stages.StagePeaks); its overall reading keeps the run's peak
+    # per-stage peaks reset VmHWM (report.generations.StagePeaks); its overall reading keeps the run's peak
     return {**times, "peak_rss_mb": max(peak_rss_mb(), PEAKS.overall_mb)}, output
 
 
