@@ -42,6 +42,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Compl
     return run_script([*TINY, "--out", str(out)]), out
 
 
+@pytest.mark.slow  # default run <= 8 min (issue 23): the whole e2e check under the Triton interpreter: ~25 s
 class TestTinyRun:
     def test_passes_and_writes_both_files(self, tiny_run):
         proc, out = tiny_run

@@ -60,6 +60,7 @@ class TestAudioLDM2Export:
             assert result["max_rel"] <= 1e-4, (name, result)
 
 
+@pytest.mark.slow  # default run <= 8 min (issue 23): a UNet export + parity each: ~35 s
 @pytest.mark.parametrize("spec", ["random:audioldm-tiny", "random:musicldm-tiny"])
 def test_clap_conditioned_unets_export_and_match(tmp_path, spec):
     manifest = export_pipeline(spec, tmp_path / "out", ExportSettings(stages=("unet",), verify=True))
@@ -70,6 +71,7 @@ def test_clap_conditioned_unets_export_and_match(tmp_path, spec):
         assert result["max_rel"] <= 1e-4, (name, result)
 
 
+@pytest.mark.slow  # default run <= 8 min (issue 23): the full-attention export of every stage: ~60 s
 def test_full_attention_exports_the_stock_unet(tiny_full_export):
     manifest = read_manifest(tiny_full_export)
     model = onnx.load(str(tiny_full_export / "unet.onnx"))
@@ -133,6 +135,7 @@ def test_output_under_a_file_is_refused(tmp_path):
     assert result.exit_code == 2 and "is not a folder" in result.output
 
 
+@pytest.mark.slow  # default run <= 8 min (issue 23): a second (fp16) UNet export, for GPU engines: ~18 s
 def test_fp16_export_keeps_sensitive_ops_fp32_and_stays_close(tiny_build, tiny_pipeline_factory, tmp_path):
     """``--precision fp16`` converts the traced UNet (the shared fp32 export here) and stays close to PyTorch."""
     _, export_dir, _ = tiny_build

@@ -77,6 +77,7 @@ class TestClapScore:
         assert result["scores"] == {} and "no CLAP audio model" in result["unavailable"]
 
 
+@pytest.mark.slow  # default run <= 8 min (issue 23): both attentions, whole generations, CLAP scoring: ~25 s
 class TestReport:
     def test_rows_carry_scores_and_distances(self, quality_report):
         out, data, markdown = quality_report

@@ -50,6 +50,7 @@ def speed(value: dict[str, Any] | None, key: str) -> str:
     return "-" if value is None or value[key] is None else f"{value[key]:.2f}x"
 
 
+@pytest.mark.slow  # default run <= 8 min (issue 23): the tiny matrix, both attentions, whole generations: ~60 s
 class TestFullReport:
     def test_outputs_exist_and_cover_the_matrix(self, full_report):
         out, data, _ = full_report

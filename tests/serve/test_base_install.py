@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import soundfile
 
 from litefocus_export.serve.process import ServerProcess
@@ -13,6 +14,7 @@ from litefocus_export.serve.process import ServerProcess
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # default run <= 8 min (issue 23): a fresh virtualenv with the base install: ~40 s
 def test_base_install_serves_without_torch(tiny_build, tmp_path):
     engines, _, _ = tiny_build
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist"), str(REPO)],

@@ -91,6 +91,7 @@ def test_request_command_writes_the_wav_or_says_why(server, tmp_path):
     assert "outside every served profile" in refused.output and not (tmp_path / "b.wav").exists()
 
 
+@pytest.mark.slow  # default run <= 8 min (issue 23): a server of its own, one request at a time: ~35 s
 def test_queue_overflow_is_refused_at_once(two_profiles):
     short, _ = two_profiles
     server = ServerProcess([short], "--max-batch", "1", "--max-queue", "1", "--max-queue-delay-ms", "0")
@@ -150,6 +151,7 @@ def test_generated_repository_serves_on_tritonserver(two_profiles, tmp_path):
         proc.wait(60)
 
 
+@pytest.mark.slow  # default run <= 8 min (issue 23): a server on the OpenVINO engines: ~35 s
 def test_openvino_engines_serve_batched_requests_as_generate(openvino_fp32_engines):
     """An OpenVINO engine folder behind the server: concurrent requests are batched, each equal to the request run
     alone on the same folder."""

@@ -73,6 +73,7 @@ def test_a_batch_equals_each_request_alone_and_same_seed_same_audio(openvino_fp3
         assert np.array_equal(alone, sampler(request))
 
 
+@pytest.mark.slow  # default run <= 8 min (issue 23): bf16 engines of every stage, validated: ~65 s
 @pytest.mark.skipif(not HAS_BF16, reason="this CPU has no bf16 units (the refusal is tested below)")
 def test_bf16_engines_show_their_error_and_keep_same_seed_same_audio(openvino_engines, openvino_fp32_engines):
     engines = openvino_engines("bf16")
@@ -94,6 +95,7 @@ def test_bf16_engines_show_their_error_and_keep_same_seed_same_audio(openvino_en
         assert np.linalg.norm(waveform - alone) / np.linalg.norm(alone) <= 0.05
 
 
+@pytest.mark.slow  # default run <= 8 min (issue 23): NNCF compression of every stage: ~50 s
 def test_int8_compresses_the_weights(openvino_engines, openvino_fp32_engines):
     pytest.importorskip("nncf")
     engines = openvino_engines("int8")
