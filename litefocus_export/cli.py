@@ -19,7 +19,14 @@ import click
 
 from .artifacts.audio import DEFAULT_FORMAT, WAV_FORMATS, write_wav
 from .artifacts.outputs import check_not_terminated, request_termination
-from .core.choices import ATTENTION_POLICIES, ATTENTIONS, ENGINE_BACKENDS, ENGINE_PRECISIONS, EXPORT_PRECISIONS
+from .core.choices import (
+    ATTENTION_POLICIES,
+    ATTENTIONS,
+    ENGINE_BACKENDS,
+    ENGINE_PRECISIONS,
+    EXPORT_PRECISIONS,
+    SCHEDULERS,
+)
 from .core.contract import DEFAULT_LEVELS, DEFAULT_SPARSE_RATIO, MIN_OPSET, check_levels, check_sparse_ratio
 from .core.errors import LiteFocusError, UsageError
 from .models.specs import DEFAULT_SPEC as DEFAULT_MODEL
@@ -138,7 +145,7 @@ def request_options(func):  # noqa: ANN001, ANN201
                      help="Classifier-free guidance scale in [1, 20], 1 = none  [default: the pipeline's: "
                           "AudioLDM2 3.5, AudioLDM 2.5, MusicLDM 2.0]"),
         click.option("--negative-prompt", default=None, help="Negative prompt (default: empty)."),
-        click.option("--scheduler", type=click.Choice(["ddim", "dpm"]), default="ddim", show_default=True),
+        click.option("--scheduler", type=click.Choice(SCHEDULERS), default="ddim", show_default=True),
         click.option("--out", "out", required=True,
                      help="WAV file to write ('-': standard output). A file is replaced atomically; a device or "
                           "FIFO is written through."),

@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .core.request import GenerationRequest, SchedulerName
+from .core.choices import SchedulerName
+from .core.request import GenerationRequest
 from .core.seeds import initial_noise, seeded_streams
 
 log = logging.getLogger(__name__)

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
+from .choices import SCHEDULERS, SchedulerName
 from .errors import UsageError
 from .geometry import check_seconds
 
-SchedulerName = Literal["ddim", "dpm"]
-SCHEDULERS: tuple[str, ...] = ("ddim", "dpm")
 MAX_STEPS = 1000  # the training schedule's length: no sampler takes more
 MAX_SEED = 2**63 - 1  # numpy's seed sequences take any non-negative int; KServe's INT64 stops here
 MAX_GUIDANCE = 20.0  # the pipelines default to 2-3.5; far above, audio turns to noise

@@ -20,6 +20,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import numpy as np
 
+from litefocus_export.core.choices import SchedulerName
 from litefocus_export.core.contract import USE_DEFAULT_VALUES
 from litefocus_export.core.errors import UsageError
 
@@ -510,7 +511,7 @@ _BY_KIND: dict[str, type[_Scheduler]] = {"ddim": DDIMScheduler, "dpm": DPMSolver
 
 
 def scheduler_from_config(
-    config: dict[str, Any], kind: Literal["ddim", "dpm"] | None = None
+    config: dict[str, Any], kind: SchedulerName | None = None
 ) -> DDIMScheduler | DPMSolverMultistepScheduler:
     """Build a numpy scheduler from a diffusers scheduler config dict (``scheduler_config.json``).
 
