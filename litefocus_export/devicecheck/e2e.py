@@ -1,5 +1,8 @@
 """Device check, end to end: the real-size UNet and a whole generation, stock diffusers vs LiteFocus, measured.
 
+Why one module over ~400 lines: it is one run whose four sections share the device, the budget, the patched
+models and the results being written; the report it renders lives apart (``render.py``).
+
 On a CUDA machine (``scripts/device_check.sh`` runs it after the kernel check)::
 
     litefocus-export device-check e2e --out OUT        # random:audioldm2 (real size), fp16 + bf16
