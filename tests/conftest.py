@@ -66,6 +66,18 @@ def tiny_build(tmp_path_factory: pytest.TempPathFactory, litefocus_cache: Any) -
 
 
 @pytest.fixture(scope="session")
+def tiny_short_build(tiny_build: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The tiny build's export built again at a 1-3 s profile (serving's second profile; a key that differs)."""
+    from dataclasses import replace
+
+    from litefocus_export.backends.build import build_engines
+    from litefocus_export.core.durations import DurationProfile
+
+    _, _, settings = tiny_build
+    return build_engines(replace(settings, profile=DurationProfile.for_seconds(3)), tmp_path_factory.mktemp("short"))
+
+
+@pytest.fixture(scope="session")
 def tiny_full_export(litefocus_cache: Any) -> Any:
     """The default model exported with full attention (every stage, verified), in the session cache."""
     from litefocus_export.backends.build import BuildSettings, cached_export

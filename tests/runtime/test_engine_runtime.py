@@ -31,7 +31,7 @@ def test_build_writes_a_complete_manifest(tiny_build):
     assert not [p for p in engines.parent.iterdir() if ".partial-" in p.name]
 
 
-def test_rebuild_reuses_and_other_keys_do_not_collide(tiny_build, caplog):
+def test_rebuild_reuses_and_other_keys_do_not_collide(tiny_build, tiny_short_build):
     engines, _, settings = tiny_build
     before = (engines / "manifest.json").stat().st_mtime_ns
     assert build_engines(settings, engines.parent) == engines
@@ -39,13 +39,9 @@ def test_rebuild_reuses_and_other_keys_do_not_collide(tiny_build, caplog):
     other = BuildSettings(profile=settings.profile, export=settings.export, device="cpu", backend="onnxruntime",
                           attention_impl="plugin")
     assert build_engines(other, engines.parent) == engines  # attention_impl is TensorRT-only: same key
-    from dataclasses import replace
-
-    from litefocus_export.core.durations import DurationProfile
-
-    shorter = replace(settings, profile=DurationProfile.for_seconds(4))
-    folder = build_engines(shorter, engines.parent)
-    assert folder != engines and read_manifest(folder)["engine_key"] != read_manifest(engines)["engine_key"]
+    # another profile of the same export: its own folder and key
+    assert tiny_short_build.name != engines.name
+    assert read_manifest(tiny_short_build)["engine_key"] != read_manifest(engines)["engine_key"]
 
 
 def test_main_job_generates_80_seconds_without_torch(tiny_build, tmp_path):

@@ -27,16 +27,9 @@ pytest.importorskip("tritonclient.http")
 
 
 @pytest.fixture(scope="module")
-def two_profiles(tiny_build, tmp_path_factory):
+def two_profiles(tiny_build, tiny_short_build):
     """The session's 1-80 s tiny engines and a 1-3 s build of the same export."""
-    from dataclasses import replace
-
-    from litefocus_export.backends.build import build_engines
-    from litefocus_export.core.durations import DurationProfile
-
-    engines, _, settings = tiny_build
-    short = build_engines(replace(settings, profile=DurationProfile.for_seconds(3)), tmp_path_factory.mktemp("short"))
-    return short, engines
+    return tiny_short_build, tiny_build[0]
 
 
 @pytest.fixture(scope="module")
