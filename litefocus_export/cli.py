@@ -29,6 +29,7 @@ from .core.choices import (
 )
 from .core.contract import DEFAULT_LEVELS, DEFAULT_SPARSE_RATIO, MIN_OPSET, check_levels, check_sparse_ratio
 from .core.errors import LiteFocusError, UsageError
+from .devicecheck import CHECKS
 from .models.specs import DEFAULT_SPEC as DEFAULT_MODEL
 from .models.specs import check_spec
 
@@ -474,7 +475,7 @@ def request(url, timeout, prompt, seconds, steps, seed, guidance, negative_promp
 
 @main.command("device-check", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
                                                 "help_option_names": []})
-@click.argument("check", type=click.Choice(["kernel", "e2e", "tensorrt"]))
+@click.argument("check", type=click.Choice(CHECKS))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def device_check(check: str, args: tuple[str, ...]) -> None:
     """Run a GPU check (kernel, e2e, tensorrt); its own options follow it (CHECK --help lists them)."""
