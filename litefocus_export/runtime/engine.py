@@ -15,11 +15,12 @@ from ..core.contract import UNET, UNET_OUTPUT, draw_unet_samples
 from ..core.durations import DurationProfile, require_covered
 from ..core.errors import EngineError
 from ..core.geometry import AudioGeometry
+from ..core.lifecycle import Closing
 
 log = logging.getLogger(__name__)
 
 
-class EngineFolder:
+class EngineFolder(Closing):
     """``engines/<model>-<profile>-.../``: refuses a missing, newer-format, malformed or tampered folder (one line).
 
     Every listed file is checked against its hash and every stage is opened here, at load, with the runner of
@@ -39,6 +40,7 @@ class EngineFolder:
             raise EngineError(f"{self.folder} is an {self.manifest['kind']!r} folder, not an engine folder "
                               f"(run litefocus-export build)")
         self.threads = threads
+        self.closed = False
         self._runners: dict[str, Runner] = {}
         for name in stages if stages is not None else tuple(self.manifest["stages"]):
             self._runners[name] = open_stage(self.manifest["backend"], inside(self.folder, self.stage(name)["engine"]),
@@ -85,6 +87,8 @@ class EngineFolder:
 
     def runner(self, name: str) -> Runner:
         """A callable ``feeds -> {output name: array}`` for stage ``name`` (opened at load)."""
+        if self.closed:
+            raise EngineError(f"{self.folder} was closed")
         if name not in self._runners:
             self.stage(name)
             raise EngineError(f"{self.folder}: stage {name} was not opened (opened: {', '.join(self._runners)})")
@@ -95,12 +99,8 @@ class EngineFolder:
         for runner in self._runners.values():
             runner.close()
         self._runners.clear()
+        self.closed = True
 
-    def __enter__(self) -> EngineFolder:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def run(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run stage ``name`` on ``feeds`` (extra arrays are ignored)."""

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ...core.errors import EngineError, first_line
+from ...core.lifecycle import Closing
 
 CPU_PROVIDERS = ("CPUExecutionProvider",)
 ARENA_DEFAULT = os.environ.get("LITEFOCUS_ORT_ARENA", "0") == "1"  # measurements of the arena setting only
@@ -42,7 +43,7 @@ def session_options(threads: int = 0, arena: bool = False, *, optimization_level
     return options
 
 
-class OrtStage:
+class OrtStage(Closing):
     """One ONNX Runtime session: ``stage(feeds) -> {output name: array}``.
 
     Args:
@@ -94,9 +95,3 @@ class OrtStage:
     def close(self) -> None:
         """Free the session (its weights and arena); calling the stage afterwards is an error."""
         self.session = None
-
-    def __enter__(self) -> OrtStage:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

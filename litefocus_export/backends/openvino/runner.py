@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ...core.errors import EngineError, first_line
+from ...core.lifecycle import Closing
 
 log = logging.getLogger(__name__)
 OV_PRECISION = {"bf16": "bf16", "fp32": "f32"}  # our names -> OpenVINO's element types
@@ -39,7 +40,7 @@ def compile_options(activations: str, threads: int = 0) -> dict[str, Any]:
     return options
 
 
-class OvStage:
+class OvStage(Closing):
     """One OpenVINO model: ``stage(feeds) -> {output name: array}``; ``close()`` frees it.
 
     Args:
@@ -114,9 +115,3 @@ class OvStage:
         """Free the compiled models; calling the stage afterwards is an error."""
         self.compiled.clear()
         self.closed = True
-
-    def __enter__(self) -> OvStage:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ...core.errors import EngineError, LiteFocusError, first_line
+from ...core.lifecycle import Closing
 from .support import plugin_module, require_tensorrt
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ def _polygraphy_error() -> type[Exception]:
     return PolygraphyException
 
 
-class TrtStage:
+class TrtStage(Closing):
     """One TensorRT engine: ``stage(feeds) -> {output name: array}``.
 
     Args:
@@ -113,9 +114,3 @@ class TrtStage:
         runner = getattr(self, "runner", None)
         if runner is not None and runner.is_active:
             runner.deactivate()
-
-    def __enter__(self) -> TrtStage:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
