@@ -14,6 +14,8 @@ from typing import Any, Literal
 import numpy as np
 
 from .core.choices import SchedulerName
+from .core.contract import UNET_OUTPUT, unet_call_arguments
+from .core.lifecycle import Closing
 from .core.request import GenerationRequest
 from .core.seeds import initial_noise, seeded_streams
 
@@ -87,3 +89,32 @@ def generate_torch(
                 audio = pipe(request.prompt, **kwargs).audios
     log.info("generated %.2f s of audio in %.1f s (torch, %s)", request.seconds, time.perf_counter() - start, attention)
     return np.asarray(audio[0], dtype=np.float32)
+
+
+class TorchUNetStage(Closing):
+    """A diffusers UNet (stock or patched) as a stage runner (``backends.Runner``): ``stage(feeds) ->
+    {"noise_pred": array}`` from graph-named numpy feeds, the torch peer of an engine folder's unet stage.
+
+    Float feeds are cast to the UNet's dtype (a bf16 UNet takes bf16 inputs); index inputs are ignored, since
+    a patched UNet draws its samples from its own sample source. ``close()`` drops the UNet.
+    """
+
+    def __init__(self, unet: Any):
+        self.unet = unet
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        from .core.errors import EngineError
+
+        if self.unet is None:
+            raise EngineError("the torch UNet stage was closed")
+        dtype = self.unet.dtype
+        inputs = {k: torch.from_numpy(v) for k, v in feeds.items()}
+        inputs = {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
+        sample, timestep, kwargs = unet_call_arguments(inputs)
+        with torch.inference_mode():
+            return {UNET_OUTPUT: self.unet(sample, timestep, **kwargs, return_dict=False)[0].float().numpy()}
+
+    def close(self) -> None:
+        self.unet = None

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.lifecycle import Closing
 from ..runtime import EngineFolder
 from .machine import process_status_mb
 
@@ -142,7 +143,7 @@ def cast_as_asked(model: Any, job: dict[str, Any]) -> Any:
     return torch.bfloat16
 
 
-class TorchGeneration:
+class TorchGeneration(Closing):
     """Full pipeline generations with PyTorch, timed per stage."""
 
     def __init__(self, job: dict[str, Any]):
@@ -173,8 +174,11 @@ class TorchGeneration:
                   "vocoder_s": sum(b - a for a, b in spans["vocoder"]), "end_to_end_s": total}
         return waveform, stages
 
+    def close(self) -> None:
+        self.pipe = None
 
-class EngineGeneration:
+
+class EngineGeneration(Closing):
     """Full generations with the torch-free runtime sampler, timed per stage."""
 
     def __init__(self, job: dict[str, Any]):
@@ -193,6 +197,9 @@ class EngineGeneration:
                   "vocoder_s": t.decode - vae, "end_to_end_s": t.total}
         return waveform, stages
 
+    def close(self) -> None:
+        self.engines.close()
+
 
 def time_generations(job: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray]:
     """Warm-up (1-step generations of the same length), then ``repeats`` timed generations.
@@ -200,21 +207,21 @@ def time_generations(job: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray]:
     Returns ``(times, waveform of the first timed run)``; times hold one list per stage plus
     ``unet_step_s`` (UNet steps over the number of steps).
     """
-    generate = TorchGeneration(job) if job["backend"] == "torch" else EngineGeneration(job)
-    for _ in range(job["warmup"]):
-        generate(1)
     times: dict[str, list[float]] = defaultdict(list)
     first = None
-    for _ in range(job["repeats"]):
-        PEAKS.begin()
-        waveform, stages = generate(job["steps"])
-        peaks = PEAKS.end()
-        for label in ("conditioning", "unet_steps", "vae_decode", "vocoder"):
-            if label in peaks:
-                times[f"{label}_peak_mb"].append(peaks[label])
-        times["between_requests_rss_mb"].append(current_rss_mb())
-        first = waveform if first is None else first
-        for key, value in stages.items():
-            times[key].append(value)
-        times["unet_step_s"].append(stages["unet_steps_s"] / job["steps"])
+    with TorchGeneration(job) if job["backend"] == "torch" else EngineGeneration(job) as generate:
+        for _ in range(job["warmup"]):
+            generate(1)
+        for _ in range(job["repeats"]):
+            PEAKS.begin()
+            waveform, stages = generate(job["steps"])
+            peaks = PEAKS.end()
+            for label in ("conditioning", "unet_steps", "vae_decode", "vocoder"):
+                if label in peaks:
+                    times[f"{label}_peak_mb"].append(peaks[label])
+            times["between_requests_rss_mb"].append(current_rss_mb())
+            first = waveform if first is None else first
+            for key, value in stages.items():
+                times[key].append(value)
+            times["unet_step_s"].append(stages["unet_steps_s"] / job["steps"])
     return dict(times), first

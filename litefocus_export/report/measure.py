@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from ..core.contract import UNET, example_unet_feeds, unet_call_arguments, unet_inputs
+from ..core.contract import UNET, UNET_OUTPUT, example_unet_feeds, unet_inputs
 from ..core.errors import LiteFocusError
+from ..core.lifecycle import Closing
 from ..core.seeds import seeded_streams
 from ..models.facts import ModelFacts, model_facts
 from .machine import failure_reason, process_status_mb
@@ -46,36 +47,34 @@ def unet_feeds(facts: ModelFacts, frames: int, seed: int) -> dict[str, np.ndarra
     return example_unet_feeds(unet_inputs(facts.kind, facts.unet_config, facts.geometry.latent_freq_bins), frames, seed)
 
 
-class TorchUNet:
-    """The diffusers UNet alone (no text encoders built), stock or patched with LiteFocus; ``job["dtype"]``
-    ``"bf16"`` casts it and its float inputs with ``.to(torch.bfloat16)`` (what a user with a bf16 CPU would do)."""
+class TorchUNet(Closing):
+    """The diffusers UNet alone (no text encoders built), stock or patched with LiteFocus, run through
+    ``pytorch.TorchUNetStage``; ``job["dtype"]`` ``"bf16"`` casts it with ``.to(torch.bfloat16)`` (what a user
+    with a bf16 CPU would do)."""
 
     def __init__(self, job: dict[str, Any], facts: ModelFacts):
-        import torch
-
         from ..attention import LiteFocusConfig, RandomSamples, patch_unet
         from ..models import load_unet
+        from ..pytorch import TorchUNetStage
         from .generations import cast_as_asked
 
-        self.torch = torch
-        self.unet = load_unet(job["model"])
+        unet = load_unet(job["model"])
         if job["attention"] == "litefocus":
             config = LiteFocusConfig(sparse_ratio=job["sparse_ratio"], levels=tuple(job["levels"]))
-            patch_unet(self.unet, config, RandomSamples(config.sparse_ratio, generator=seeded_streams(job["seed"])[1]),
+            patch_unet(unet, config, RandomSamples(config.sparse_ratio, generator=seeded_streams(job["seed"])[1]),
                        freq_bins=facts.geometry.latent_freq_bins, context_free=facts.context_free)
-        feeds = unet_feeds(facts, facts.geometry.latent_frames(job["seconds"]), job["seed"])
-        self.inputs = {k: torch.from_numpy(v) for k, v in feeds.items()}
-        dtype = cast_as_asked(self.unet, job)
-        if dtype is not None:
-            self.inputs = {k: v.to(dtype) if v.is_floating_point() else v for k, v in self.inputs.items()}
+        cast_as_asked(unet, job)
+        self.stage = TorchUNetStage(unet)
+        self.feeds = unet_feeds(facts, facts.geometry.latent_frames(job["seconds"]), job["seed"])
 
     def __call__(self) -> np.ndarray:
-        sample, timestep, kwargs = unet_call_arguments(self.inputs)
-        with self.torch.inference_mode():
-            return self.unet(sample, timestep, **kwargs, return_dict=False)[0].float().numpy()
+        return self.stage(self.feeds)[UNET_OUTPUT]
+
+    def close(self) -> None:
+        self.stage.close()
 
 
-class EngineUNet:
+class EngineUNet(Closing):
     """The engine folder's unet stage, fed like the sampler feeds it (fresh LiteFocus samples per call)."""
 
     def __init__(self, job: dict[str, Any], facts: ModelFacts):
@@ -87,6 +86,9 @@ class EngineUNet:
 
     def __call__(self) -> np.ndarray:
         return self.engines.unet_step(self.feeds, self.samples_rng)
+
+    def close(self) -> None:
+        self.engines.close()
 
 
 def time_unet(step: Any, repeats: int, warmup: int) -> tuple[dict[str, Any], np.ndarray]:
@@ -114,8 +116,8 @@ def run_job(job: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray]:
 
         torch.set_num_threads(job["threads"])
     if job["stages"] == "unet":
-        step = TorchUNet(job, facts) if job["backend"] == "torch" else EngineUNet(job, facts)
-        times, output = time_unet(step, job["repeats"], job["warmup"])
+        with TorchUNet(job, facts) if job["backend"] == "torch" else EngineUNet(job, facts) as step:
+            times, output = time_unet(step, job["repeats"], job["warmup"])
     else:
         times, output = time_generations(job)
     from .generations import PEAKS
