@@ -18,9 +18,9 @@ TOLERANCE = 1e-2  # max |diff| / max |ref|: TensorRT picks its own kernels (TF32
 def compare_unet_engine(folder: Path, impl: str) -> bool:
     """The folder's UNet engine against ONNX Runtime on its export, one line printed; True when within tolerance."""
     import numpy as np
-    import onnxruntime as ort
 
     from ..artifacts.manifest import read_manifest
+    from ..backends.onnxruntime.runner import OrtStage
     from ..backends.tensorrt import TrtStage
     from ..core.contract import example_unet_feeds
 
@@ -33,7 +33,8 @@ def compare_unet_engine(folder: Path, impl: str) -> bool:
     with TrtStage(folder / unet["engine"]) as stage:
         got = stage(feeds)["noise_pred"]
     onnx_file = Path(manifest["export"]["folder"]) / unet["file"]
-    ref = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"]).run(["noise_pred"], feeds)[0]
+    with OrtStage(onnx_file) as reference:  # the runtime's CPU runner, as every other reference run
+        ref = reference(feeds)["noise_pred"]
     error = float(np.abs(got - ref).max() / max(float(np.abs(ref).max()), 1e-6))
     verdict = "ok" if error < TOLERANCE else "FAILED"
     print(f"UNet engine ({impl}, {manifest['backend']['architecture']}) vs ONNX Runtime, latent frames {frames[1]}: "
