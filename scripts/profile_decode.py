@@ -30,8 +30,10 @@ def profile_stage(path: Path, feeds: dict[str, np.ndarray], warm: dict[str, np.n
     import onnxruntime as ort
 
     from litefocus_export.backends.onnxruntime import runner
+    from litefocus_export.core.heap import return_large_buffers_to_os
 
-    options = runner.session_options(threads)
+    return_large_buffers_to_os()  # as OrtStage runs the engines
+    options = runner.session_options(threads, optimization_level=runner.load_level(path.stem))
     options.enable_profiling = True
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     session.run(None, warm)

@@ -38,23 +38,25 @@ class Runner(Protocol):
 
 
 def open_stage(backend: Mapping[str, Any], path: Path, threads: int = 0,
-               stage: Mapping[str, Any] | None = None) -> Runner:
+               stage: Mapping[str, Any] | None = None, name: str | None = None) -> Runner:
     """The runner of one engine stage file, for the backend a manifest's ``backend`` entry describes (``stage``: the
-    stage's manifest entry, for settings a backend keeps per stage).
+    stage's manifest entry, for settings a backend keeps per stage; ``name``: the stage's name, for settings a
+    backend's runtime chooses per stage).
 
     Raises:
         EngineError: an unknown backend, or a file the backend cannot load.
     """
-    name = backend.get("name")
-    if name == "onnxruntime":
-        from .onnxruntime.runner import CPU_PROVIDERS, OrtStage
+    kind = backend.get("name")
+    if kind == "onnxruntime":
+        from .onnxruntime.runner import CPU_PROVIDERS, OrtStage, load_level
 
-        return OrtStage(path, backend.get("providers") or CPU_PROVIDERS, threads)
-    if name == "tensorrt":
+        return OrtStage(path, backend.get("providers") or CPU_PROVIDERS, threads,
+                        optimization_level=load_level(name))
+    if kind == "tensorrt":
         from .tensorrt.runner import TrtStage
 
         return TrtStage(path)
-    if name == "openvino":
+    if kind == "openvino":
         from .openvino.cpu import check_runs_here, cpu_features
         from .openvino.runner import OvStage
 
@@ -63,7 +65,7 @@ def open_stage(backend: Mapping[str, Any], path: Path, threads: int = 0,
         activations = stage.get("activations") or backend.get("activations", "fp32")
         static = {"per_shape": True, "dynamic": False}.get(stage.get("openvino_compile", ""))
         return OvStage(path, activations, threads, static_shapes=static)
-    raise EngineError(f"unknown engine backend {name!r} in the manifest; this tool runs {', '.join(BACKENDS)}")
+    raise EngineError(f"unknown engine backend {kind!r} in the manifest; this tool runs {', '.join(BACKENDS)}")
 
 
 __all__ = ["BACKENDS", "Runner", "open_stage"]

@@ -44,7 +44,7 @@ class EngineFolder(Closing):
         self._runners: dict[str, Runner] = {}
         for name in stages if stages is not None else tuple(self.manifest["stages"]):
             self._runners[name] = open_stage(self.manifest["backend"], inside(self.folder, self.stage(name)["engine"]),
-                                             threads, self.stage(name))
+                                             threads, self.stage(name), name)
 
     @property
     def kind(self) -> str:

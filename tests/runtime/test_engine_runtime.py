@@ -221,3 +221,21 @@ def test_engine_folder_closes_its_runners(tiny_build):
         runner({"mel": mel})
     with pytest.raises(EngineError, match=f"{folder.folder.name} was closed"):
         folder.run("vocoder", {"mel": mel})
+
+
+def test_ort_stages_load_at_their_levels(tiny_build):
+    """Only the VAE decoder loads with ORT's NCHWc layout transforms (ORT_ENABLE_ALL); the others at the saved
+    graph's level, which keeps the UNet's long-audio memory down (backends/onnxruntime/runner.py)."""
+    import onnxruntime as ort
+
+    from litefocus_export.core import heap
+    from litefocus_export.runtime import EngineFolder
+
+    engines, _, _ = tiny_build
+    with EngineFolder(engines, stages=("unet", "vae_decoder", "vocoder")) as folder:
+        levels = {name: folder.runner(name).session.get_session_options().graph_optimization_level
+                  for name in ("unet", "vae_decoder", "vocoder")}
+    level = ort.GraphOptimizationLevel
+    assert levels == {"unet": level.ORT_ENABLE_EXTENDED, "vae_decoder": level.ORT_ENABLE_ALL,
+                      "vocoder": level.ORT_ENABLE_EXTENDED}
+    assert heap.return_large_buffers_to_os() in (heap.threshold_from_env() or None, None)  # set once, before

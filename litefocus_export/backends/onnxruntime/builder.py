@@ -4,8 +4,8 @@ Each stage is first rewritten for ORT (``rewrites.py``: DualSparseAttention and 
 attention layers as contrib MultiHeadAttention, flash-style kernels instead of materialised scores);
 the manifest records per stage how often each rewrite fired.
 The saved graph then has ORT's portable graph optimisations applied once at build time (constants
-folded, ops fused); the runtime session adds the hardware-specific ones at load. The engine key
-records the CPU features anyway.
+folded, ops fused); the runtime session adds the hardware-specific ones at load for the VAE decoder only
+(``runner.LOAD_LEVELS``). The engine key records the CPU features anyway.
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ class OrtEngineFromOnnx:
             self.rewrites = rewrite_to_file(self.onnx_path, work, rewrite_for_onnxruntime, "ONNX Runtime")
             source = work if any(self.rewrites.values()) else self.onnx_path
             # EXTENDED, not ALL: the saved graph keeps standard layouts; the runtime session applies the
-            # CPU-specific layout transforms (NCHWc) at load. A saved ALL-level graph measured 7% slower.
+            # CPU-specific layout transforms (NCHWc) at load where they pay (runner.LOAD_LEVELS). A saved
+            # ALL-level graph measured 7% slower.
             options = session_options(arena=True, optimization_level=SAVED_LEVEL, optimized_path=self.out_path)
             ort.InferenceSession(str(source), options, providers=self.providers)
         except Exception as exc:  # noqa: BLE001 - onnx and ORT raise their own exception types

@@ -10,10 +10,23 @@ from typing import Any
 import numpy as np
 
 from ...core.errors import EngineError, first_line
+from ...core.heap import return_large_buffers_to_os
 from ...core.lifecycle import Closing
 
 CPU_PROVIDERS = ("CPUExecutionProvider",)
 ARENA_DEFAULT = os.environ.get("LITEFOCUS_ORT_ARENA", "0") == "1"  # measurements of the arena setting only
+# The saved graph is already EXTENDED (builder.SAVED_LEVEL); ALL adds ORT's NCHWc layout transforms at load. They
+# pay only in the VAE decoder. random:audioldm2, 2 threads, one run each:
+# - UNet step at 160 s: ALL 60.5 s / 6133 MB, EXTENDED 60.9 s / 5361 MB; at 80 s 23.3 s and 23.5-24.4 s;
+# - VAE decoder at 40 s: ALL 17.6 s, EXTENDED 19.0 s; at 160 s 3251 MB and 3195 MB;
+# - vocoder chunk of 1046 mel frames: ALL 6.65 s, EXTENDED 6.21 s.
+LOAD_LEVEL = "ORT_ENABLE_EXTENDED"
+LOAD_LEVELS = {"vae_decoder": "ORT_ENABLE_ALL"}
+
+
+def load_level(stage: str | None) -> str:
+    """The graph optimisation level a stage's session loads with (``LOAD_LEVELS``, else ``LOAD_LEVEL``)."""
+    return LOAD_LEVELS.get(stage or "", LOAD_LEVEL)
 
 
 def ort_log_severity() -> int:
@@ -51,6 +64,8 @@ class OrtStage(Closing):
         providers: ONNX Runtime execution providers, in order of preference.
         threads: intra-op threads (0: ONNX Runtime's default).
         arena: keep ONNX Runtime's CPU memory arena (default False, ``ARENA_DEFAULT``).
+        optimization_level: the ``GraphOptimizationLevel`` applied at load (default ``LOAD_LEVEL``;
+            ``load_level(stage)`` per stage).
 
     Memory: by default no stage keeps a CPU arena. With the arena, every session keeps its peak-sized
     chunks after a run (measured at 80 s on random:audioldm2: VAE decoder 2.3 GB, vocoder 1.8 GB, and
@@ -64,11 +79,12 @@ class OrtStage(Closing):
     """
 
     def __init__(self, path: Path, providers: list[str] | tuple[str, ...] = CPU_PROVIDERS, threads: int = 0,
-                 arena: bool | None = None):
+                 arena: bool | None = None, optimization_level: str = LOAD_LEVEL):
         import onnxruntime as ort
 
         self.arena = ARENA_DEFAULT if arena is None else arena
-        options = session_options(threads, self.arena)
+        return_large_buffers_to_os()  # before the first run allocates (core/heap.py)
+        options = session_options(threads, self.arena, optimization_level=optimization_level)
         self.name = Path(path).name
         try:
             self.session = ort.InferenceSession(str(path), options, providers=list(providers))
