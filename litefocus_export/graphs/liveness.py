@@ -32,13 +32,15 @@ class Liveness:
     unknown: tuple[str, ...] = ()
 
 
-def activation_peak(graph: Any, sizes: Mapping[str, int], constants: Sequence[str] | set[str] = ()) -> Liveness:
+def activation_peak(graph: Any, sizes: Mapping[str, int], constants: Sequence[str] | set[str] = (),
+                    scratch: Mapping[int, int] | None = None) -> Liveness:
     """Liveness peak of ``graph`` (an ``onnx.GraphProto``) in node order, values sized by ``sizes`` (bytes).
 
     Initializers, ``constants`` (weights given as graph inputs) and what is computed from them alone are not
     activations. A graph input is live for the whole run, a graph output from its producer to the end, any
     other value from its producer to its last reader (subgraph reads included); a view (``VIEW_OPS``) shares
-    its input's buffer, which lives until the view's last reader too.
+    its input's buffer, which lives until the view's last reader too. ``scratch``: bytes a kernel holds while
+    its node runs (node index -> bytes), e.g. a convolution's working buffer.
     """
     from .patterns import subgraph_reads
 
@@ -69,11 +71,14 @@ def activation_peak(graph: Any, sizes: Mapping[str, int], constants: Sequence[st
     for value in graph.output:
         if value.name in buffer:
             span[buffer[value.name]][1] = last_index
-    return _sweep(graph, span, sizes)
+    return _sweep(graph, span, sizes, scratch or {})
 
 
-def _sweep(graph: Any, span: Mapping[str, list[int]], sizes: Mapping[str, int]) -> Liveness:
+def _sweep(graph: Any, span: Mapping[str, list[int]], sizes: Mapping[str, int], scratch: Mapping[int, int]) -> Liveness:
     change = [0] * (len(graph.node) + 2)
+    for index, size in scratch.items():
+        change[index] += size
+        change[index + 1] -= size
     unknown = []
     for owner, (first, last) in span.items():
         if owner not in sizes:
@@ -95,7 +100,7 @@ def tensor_bytes(value_type: Any) -> int | None:
     import numpy as np
     from onnx import helper
 
-    dims = _dims(value_type)
+    dims = tensor_dims(value_type)
     if dims is None:
         return None
     try:
@@ -105,7 +110,8 @@ def tensor_bytes(value_type: Any) -> int | None:
     return math.prod(dims) * itemsize
 
 
-def _dims(value_type: Any) -> list[int] | None:
+def tensor_dims(value_type: Any) -> list[int] | None:
+    """Dims of a tensor type whose shape is fully known (an ``onnx.TypeProto``); None otherwise."""
     if value_type is None or value_type.WhichOneof("value") != "tensor_type":
         return None
     tensor = value_type.tensor_type
@@ -140,7 +146,14 @@ def weightless(model: Any) -> tuple[Any, set[str]]:
 
 
 def value_sizes(model: Any, input_shapes: Mapping[str, Sequence[int]]) -> dict[str, int]:
-    """Bytes of every value of ``model`` (weightless) whose shape is known with inputs of ``input_shapes``.
+    """Bytes of every value of ``model`` (weightless) whose shape is known with inputs of ``input_shapes``
+    (:func:`value_types`)."""
+    sizes = {name: tensor_bytes(value_type) for name, value_type in value_types(model, input_shapes).items()}
+    return {name: size for name, size in sizes.items() if size is not None}
+
+
+def value_types(model: Any, input_shapes: Mapping[str, Sequence[int]]) -> dict[str, Any]:
+    """The type (``onnx.TypeProto``) of every value of ``model`` (weightless) with inputs of ``input_shapes``.
 
     Node by node in graph order: ONNX's shape inference of the op (``onnx.shape_inference.infer_node_outputs``)
     given the values of the small tensors known so far (constants, ``Shape`` of a sized value, and what ONNX's
@@ -166,8 +179,7 @@ def value_sizes(model: Any, input_shapes: Mapping[str, Sequence[int]]) -> dict[s
     opsets = {entry.domain or "": entry.version for entry in model.opset_import}
     for node in graph.node:
         _infer_node(node, types, values, model.opset_import, opsets)
-    sizes = {name: tensor_bytes(value_type) for name, value_type in types.items()}
-    return {name: size for name, size in sizes.items() if size is not None}
+    return types
 
 
 def _known_value(node: Any, types: Mapping[str, Any]) -> Any:
@@ -182,7 +194,7 @@ def _known_value(node: Any, types: Mapping[str, Any]) -> Any:
             return numpy_helper.to_array(value)
         dtype = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64, "value_ints": np.int64}
         return np.asarray(value, dtype=dtype[attr.name]) if attr.name in dtype else None
-    dims = _dims(types.get(node.input[0])) if node.input else None
+    dims = tensor_dims(types.get(node.input[0])) if node.input else None
     if node.op_type not in ("Shape", "Size") or dims is None:
         return None
     if node.op_type == "Size":
@@ -193,23 +205,76 @@ def _known_value(node: Any, types: Mapping[str, Any]) -> Any:
 
 
 def _custom_type(node: Any, types: Mapping[str, Any]) -> Any:
-    """Output type of the contrib ops the engine rewrites make and of DualSparseAttention; None for others.
+    """Output type of DualSparseAttention and of the ops ONNX has no schema for in an ONNX Runtime engine's graph
+    (the builder's rewrites and ORT's fusions); None for others.
 
-    MultiHeadAttention: 3-D query (B, S, D) and value (B, L, Dv) give (B, S, Dv); Gelu is elementwise;
-    DualSparseAttention's output has its query's shape (docs/design.md §1)."""
+    MultiHeadAttention: 3-D query (B, S, D) and value (B, L, Dv) give (B, S, Dv); the activation and
+    normalisation fusions have their first input's shape; FusedConv and FusedGemm have their standard op's
+    shape; FusedMatMul is MatMul with its operands optionally transposed; DualSparseAttention's output has its
+    query's shape (docs/design.md §1)."""
     from onnx import helper
 
-    from .multihead import CONTRIB_DOMAIN
-
-    if node.domain == CONTRIB_DOMAIN and node.op_type == "MultiHeadAttention":
-        query, value = _dims(types.get(node.input[0])), _dims(types.get(node.input[2]))
+    key = (node.domain or "", node.op_type)
+    if key == (CONTRIB_DOMAIN, "MultiHeadAttention"):
+        query, value = tensor_dims(types.get(node.input[0])), tensor_dims(types.get(node.input[2]))
         if query is None or value is None or len(query) != 3 or len(value) != 3:
             return None
         elem = types[node.input[0]].tensor_type.elem_type
         return helper.make_tensor_type_proto(elem, [*query[:2], value[2]])
-    if (node.domain, node.op_type) in ((CONTRIB_DOMAIN, "Gelu"), (OP_DOMAIN, OP_TYPE)):
+    if key in FIRST_INPUT_SHAPED:
         return types.get(node.input[0])
+    if key[0] == CONTRIB_DOMAIN and node.op_type in STANDARD_TWIN:
+        return _twin_type(node, types)
+    if key == (CONTRIB_DOMAIN, "FusedMatMul"):
+        return _fused_matmul_type(node, types)
     return None
+
+
+CONTRIB_DOMAIN = "com.microsoft"  # graphs.multihead.CONTRIB_DOMAIN, without its onnx import
+# ops whose (first) output has their first input's type: our op, ORT's activation and normalisation fusions
+FIRST_INPUT_SHAPED = frozenset({(OP_DOMAIN, OP_TYPE), ("", "SimplifiedLayerNormalization")} | {
+    (CONTRIB_DOMAIN, op) for op in ("Gelu", "QuickGelu", "FastGelu", "BiasGelu", "SkipLayerNormalization",
+                                    "SkipSimplifiedLayerNormalization")})
+# contrib fusions shaped as the standard op they extend: (standard op, its inputs and attributes)
+STANDARD_TWIN = {
+    "FusedConv": ("Conv", 3, ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")),
+    "FusedGemm": ("Gemm", 3, ("alpha", "beta", "transA", "transB")),
+}
+
+
+def _twin_type(node: Any, types: Mapping[str, Any]) -> Any:
+    import onnx
+    from onnx import helper
+
+    op, inputs, attributes = STANDARD_TWIN[node.op_type]
+    twin = helper.make_node(op, list(node.input[:inputs]), [node.output[0]])
+    twin.attribute.extend(a for a in node.attribute if a.name in attributes)
+    try:
+        inferred = onnx.shape_inference.infer_node_outputs(
+            onnx.defs.get_schema(op, 18), twin, {name: types[name] for name in twin.input if name in types},
+            opset_imports=[helper.make_opsetid("", 18)])
+    except Exception:  # noqa: BLE001 - onnx raises several types
+        return None
+    return inferred.get(node.output[0])
+
+
+def _fused_matmul_type(node: Any, types: Mapping[str, Any]) -> Any:
+    import numpy as np
+    from onnx import helper
+
+    a, b = tensor_dims(types.get(node.input[0])), tensor_dims(types.get(node.input[1]))
+    attrs = {attr.name: attr.i for attr in node.attribute if attr.type == attr.INT}
+    if a is None or b is None or min(len(a), len(b)) < 2 or attrs.get("transBatchA") or attrs.get("transBatchB"):
+        return None
+    if attrs.get("transA"):
+        a = [*a[:-2], a[-1], a[-2]]
+    if attrs.get("transB"):
+        b = [*b[:-2], b[-1], b[-2]]
+    try:
+        batch = list(np.broadcast_shapes(tuple(a[:-2]), tuple(b[:-2])))
+    except ValueError:
+        return None
+    return helper.make_tensor_type_proto(types[node.input[0]].tensor_type.elem_type, [*batch, a[-2], b[-1]])
 
 
 def _infer_node(node: Any, types: dict[str, Any], values: dict[str, Any], opset_imports: Any,
@@ -240,7 +305,7 @@ def _infer_node(node: Any, types: dict[str, Any], values: dict[str, Any], opset_
         log.debug("no shapes for %s (%s): %s", node.name or node.op_type, node.op_type, exc)
         return
     types.update(inferred)
-    outputs = [_dims(inferred.get(name)) for name in node.output if name]
+    outputs = [tensor_dims(inferred.get(name)) for name in node.output if name]
     if reads and all(name in values for name in reads) and all(
             dims is not None and math.prod(dims) <= SMALL_INITIALIZER for dims in outputs):
         _evaluate(node, values, opsets)

@@ -4,37 +4,40 @@
 (:func:`check_generation_memory`, unless ``--skip-memory-check``). The estimate is computed, not fitted:
 
 - **weights**: the bytes of every stage's files (an ``EngineFolder`` keeps every stage open);
-- **activations** of a stage: its graph is loaded without weights and rewritten as the ONNX Runtime builder
-  rewrites it (``onnxruntime/rewrites.py``), so it is the engine's graph the walk sees: attention as contrib
-  ``MultiHeadAttention``, whose CPU kernel never holds the (S x S) scores the export's VAE attention would (a
-  600 s clip's: 230 GB). Its dynamic inputs are set to the profile's longest duration as ``generate`` runs it:
-  batch 2 for the text stages and the UNet (classifier-free guidance), batch 1 for the VAE decoder and the
-  vocoder, the vocoder at its chunk length (``runtime/decode.py``), text tokens at the maxima TensorRT's
-  profiles use (``tensorrt/shape_profiles.py``). ONNX shape inference, node by node with the shape arithmetic
-  evaluated (``graphs.liveness.value_sizes``), sizes every value. In graph order a value lives from the node
-  that makes it to its last reader; graph inputs for the whole run (the caller holds its feeds), graph outputs
-  to the end; views (Reshape, Squeeze, Unsqueeze, Flatten, Identity) share their input's buffer; values computed
-  from weights alone count as weights (ONNX Runtime folds them). The stage's peak is the most bytes live at once;
+- **activations** of a stage: its graph is loaded without weights, rewritten as the ONNX Runtime builder rewrites
+  it (``onnxruntime/rewrites.py``) and optimised by ONNX Runtime as the builder saves it (:func:`engine_graph`),
+  so the walk sees the engine's own graph: attention as contrib ``MultiHeadAttention``, whose CPU kernel never
+  holds the (S x S) scores the export's VAE attention would (a 600 s clip's: 230 GB), and ORT's fusions
+  (``x * sigmoid(x)`` as one QuickGelu, a Conv and its activation as one FusedConv), which remove intermediates.
+  Its dynamic inputs are set to the profile's longest duration as ``generate`` runs it: batch 2 for the text
+  stages and the UNet (classifier-free guidance), batch 1 for the VAE decoder and the vocoder, the vocoder at its
+  chunk length (``runtime/decode.py``), text tokens at the maxima TensorRT's profiles use
+  (``tensorrt/shape_profiles.py``). ONNX shape inference, node by node with the shape arithmetic evaluated
+  (``graphs.liveness.value_types``), sizes every value. In graph order a value lives from the node that makes it
+  to its last reader; graph inputs for the whole run (the caller holds its feeds), graph outputs to the end; views
+  (Reshape, Squeeze, Unsqueeze, Flatten, Identity) share their input's buffer; values computed from weights alone
+  count as weights (ONNX Runtime folds them). While a convolution runs, its MLAS working buffer is live too
+  (:func:`conv_working_bytes`: with the UNet's batch of 2, one whole im2col matrix per thread, 1.7 GB at 160 s).
+  The stage's peak is the most bytes live at once;
 - **whole generation**: all weights + the largest stage peak. Stages run one after another and ``OrtStage``
-  keeps no CPU arena, so a stage's activations are given back before the next stage runs.
+  keeps no CPU arena and returns large buffers to the OS as it frees them (``core/heap.py``), so a stage's
+  activations are given back node by node and before the next stage runs.
 
-This is the liveness of the graph, not ONNX Runtime's allocation planner, and not a bound either way. Left
-out, so ORT can need more: kernel scratch (convolution buffers, the attention kernel's blocks), pre-packed
-weight copies, allocator rounding and fragmentation, the runtime's arrays between stages (latents, mel,
-waveform: megabytes) and the process itself (Python, libraries: a few hundred MB). Counted, so ORT can need
-less: intermediates its load-time fusions remove (``x * sigmoid(x)``) and elementwise outputs it writes over
-a dying input (both are live at that node here). On random:audioldm2 at 80 s: 5801 MB estimated (weights
-3800 + VAE decoder 2001), 5573 and 5833 MB peak resident measured for whole generations in two runs (README
-"Whole generations"; MB of 2**20 bytes). Batches of several requests (``serve --max-batch``) multiply
-activations by up to the batch size; that is not checked. The estimate models ONNX Runtime CPU engines, and
-``build`` checks those only (GPU engines hold activations in GPU memory). Sizes are in GB of 2**30 bytes. It
-takes seconds: ~6 s for every stage of random:audioldm2, whose UNet file (1.4 GB, weights inline) is held twice
-while it is parsed.
+This is the liveness of the engine's graph, not ONNX Runtime's allocation planner, and not a bound either way.
+Left out, so ORT can need more: other kernel scratch (the attention kernel's blocks, its transposed copies of
+Q, K and V), allocator rounding, the runtime's arrays between stages (latents, mel, waveform: megabytes) and the
+process itself (Python, libraries: a few hundred MB). Weights count whole from the start; ORT holds part of
+them only once the first run reads them (the UNet: 0.93 GB resident after loading its 1.4 GB file). MEASURED_NOTE
+Batches of several requests (``serve --max-batch``) multiply activations by up to the batch size; that is not
+checked. The estimate models ONNX Runtime CPU engines, and ``build`` checks those only (GPU engines hold
+activations in GPU memory). Sizes are in GB of 2**30 bytes. It takes ~10 s for every stage of random:audioldm2,
+whose UNet file (1.4 GB, weights inline) is held twice while it is parsed.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import time
@@ -46,12 +49,13 @@ from typing import Any
 from ...core.contract import DECODE_STAGES, MAX_NEW_TOKENS_KEY, MEL_FRAMES
 from ...core.errors import BuildError, LiteFocusError, first_line
 from ...core.geometry import AudioGeometry
-from ...graphs.liveness import Liveness, activation_peak, value_sizes, weightless
+from ...graphs.liveness import Liveness, activation_peak, tensor_bytes, tensor_dims, value_types, weightless
 
 log = logging.getLogger(__name__)
 GB, MB = 2**30, 2**20
 SKIP_OPTION = "--skip-memory-check"
 GUIDED_BATCH = 2  # [negative, prompt] rows: the text stages and the UNet under classifier-free guidance
+FLOAT_BYTES = 4
 
 
 def available_memory_bytes() -> int | None:
@@ -113,10 +117,12 @@ class MemoryEstimate:
                 f"{format_bytes(self.largest.activations)})")
 
 
-def stage_liveness(source: str | os.PathLike | Any, input_shapes: Mapping[str, Sequence[int]]) -> Liveness:
-    """Activation peak of one stage as its ONNX Runtime engine graph at ``input_shapes`` (module docstring).
+def stage_liveness(source: str | os.PathLike | Any, input_shapes: Mapping[str, Sequence[int]],
+                   threads: int | None = None) -> Liveness:
+    """Activation peak of one stage as its ONNX Runtime engine runs it at ``input_shapes`` (module docstring).
 
-    ``source`` is an ONNX file (read without external data) or an ``onnx.ModelProto``."""
+    ``source`` is an ONNX file (read without external data) or an ``onnx.ModelProto``; ``threads``: the
+    intra-op threads of the run (default: this machine's CPUs), which size the convolutions' working buffers."""
     import onnx
 
     from .rewrites import rewrite_for_onnxruntime
@@ -125,7 +131,67 @@ def stage_liveness(source: str | os.PathLike | Any, input_shapes: Mapping[str, S
     light, weights = weightless(loaded)
     del loaded  # a file's weights go with it
     rewrite_for_onnxruntime(light)  # the builder's rewrites, decided on the same shapes and constants
-    return activation_peak(light.graph, value_sizes(light, input_shapes), weights)
+    return engine_liveness(engine_graph(light), input_shapes, weights, threads)
+
+
+def engine_liveness(engine: Any, input_shapes: Mapping[str, Sequence[int]], weights: set[str],
+                    threads: int | None = None) -> Liveness:
+    """Activation peak of an engine's graph (weightless, ``weights`` its weight inputs) at ``input_shapes``: the
+    live values plus each convolution's working buffer while it runs (:func:`conv_working_bytes`)."""
+    types = value_types(engine, input_shapes)
+    sizes = {name: size for name, size in ((n, tensor_bytes(t)) for n, t in types.items()) if size is not None}
+    threads = threads or os.cpu_count() or 1
+    scratch = {index: conv_working_bytes(node, types, threads) for index, node in enumerate(engine.graph.node)
+               if node.op_type in CONV_OPS}
+    return activation_peak(engine.graph, sizes, weights, scratch)
+
+
+def engine_graph(light: Any) -> Any:
+    """``light`` (weightless, rewritten) as ONNX Runtime optimises it when the builder saves an engine
+    (``builder.SAVED_LEVEL``): its fusions (``x * sigmoid(x)`` -> QuickGelu, Conv + activation -> FusedConv)
+    remove intermediates the export's graph holds (VAE decoder at 320 s: 5.0 GB live instead of 8.0 GB)."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    from .builder import SAVED_LEVEL
+    from .runner import session_options
+
+    with tempfile.TemporaryDirectory(prefix="litefocus-memory-") as work:
+        path = Path(work) / "engine.onnx"
+        ort.InferenceSession(light.SerializeToString(), session_options(optimization_level=SAVED_LEVEL,
+                                                                       optimized_path=path),
+                             providers=["CPUExecutionProvider"])
+        return onnx.load(str(path))
+
+
+CONV_OPS = frozenset({"Conv", "FusedConv"})
+MLAS_SEGMENT_FLOATS = 128 * 128  # MLAS_SGEMM_STRIDEN x MLAS_SGEMM_STRIDEK: a thread's slice of a segmented conv
+
+
+def conv_working_bytes(node: Any, types: Mapping[str, Any], threads: int) -> int:
+    """Bytes of the working buffer ONNX Runtime's CPU convolution (MLAS ``MlasConvPrepare``) holds while ``node``
+    runs: none for a pointwise conv; the whole im2col matrix (output positions x K) when the filters outnumber
+    the positions; with several images or groups, one whole matrix per thread, up to one per image and group (a
+    160 s UNet step, batch 2: 1.7 GB at the first level's widest conv); else a small slice per thread."""
+    x, w, y = (tensor_dims(types.get(name)) if name else None for name in (*node.input[:2], node.output[0]))
+    if x is None or w is None or y is None or len(x) < 3:
+        return 0
+    attrs = {attr.name: attr for attr in node.attribute}
+    group = attrs["group"].i if "group" in attrs else 1
+    kernel = math.prod(w[2:])
+    positions, k, filters = math.prod(y[2:]), x[1] // group * kernel, w[0] // group
+    pads = list(attrs["pads"].ints) if "pads" in attrs else []
+    strides = list(attrs["strides"].ints) if "strides" in attrs else []
+    if kernel == 1 and not any(pads) and all(s == 1 for s in strides):
+        return 0
+    if filters > positions:
+        return positions * k * FLOAT_BYTES
+    parallel = x[0] * group
+    if parallel > 1:
+        return min(threads, parallel) * max(positions * k, filters * positions, MLAS_SEGMENT_FLOATS) * FLOAT_BYTES
+    return threads * MLAS_SEGMENT_FLOATS * FLOAT_BYTES
 
 
 def stage_input_shapes(export_dir: Path, manifest: Mapping[str, Any], seconds: float,

@@ -17,10 +17,18 @@ from onnx import TensorProto, helper, numpy_helper
 from litefocus_export.artifacts.manifest import read_manifest
 from litefocus_export.backends.build import BuildSettings
 from litefocus_export.backends.onnxruntime import memory
-from litefocus_export.backends.onnxruntime.memory import estimate_generation_memory, stage_input_shapes, stage_liveness
+from litefocus_export.backends.onnxruntime.memory import (
+    conv_working_bytes,
+    engine_liveness,
+    estimate_generation_memory,
+    stage_input_shapes,
+    stage_liveness,
+)
 from litefocus_export.cli import main
 from litefocus_export.core.errors import UsageError
 from litefocus_export.core.vocoder_field import VocoderField
+from litefocus_export.graphs import liveness, multihead
+from litefocus_export.graphs.liveness import value_types, weightless
 
 
 def hand_built_model() -> onnx.ModelProto:
@@ -50,10 +58,59 @@ class TestLiveness:
         liveness = stage_liveness(hand_built_model(), {"x": (batch, 1000)})
         assert (liveness.peak, liveness.node, liveness.unknown) == (peak, "Concat", ())
 
+    def test_the_engines_fusions_are_seen(self):
+        # x * sigmoid(x): the export holds x, s and y at the Mul; ORT's engine fuses the pair into one QuickGelu,
+        # so only x and y are ever live
+        nodes = [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["x", "s"], ["y"])]
+        graph = helper.make_graph(nodes, "silu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1000])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        as_exported = liveness.activation_peak(model.graph, liveness.value_sizes(model, {"x": (3, 1000)}))
+        assert as_exported.peak == 3 * 12_000
+        assert stage_liveness(model, {"x": (3, 1000)}).peak == 2 * 12_000
+
+    def test_contrib_domain_is_one(self):
+        assert liveness.CONTRIB_DOMAIN == multihead.CONTRIB_DOMAIN
+
     def test_available_memory_falls_back_to_sysconf(self, monkeypatch, tmp_path):
         assert memory.available_memory_bytes() > 0
         monkeypatch.setattr(memory, "Path", lambda _: tmp_path / "no-meminfo")
         assert memory.available_memory_bytes() > 0
+
+
+def conv_model(batch: int, channels: int, size: int, filters: int, kernel: int) -> onnx.ModelProto:
+    """One Conv (padding keeps the size) of ``filters`` x ``channels`` x ``kernel`` x ``kernel`` weights."""
+    weight = numpy_helper.from_array(np.zeros((filters, channels, kernel, kernel), np.float32), "W")
+    node = helper.make_node("Conv", ["x", "W"], ["y"], pads=[kernel // 2] * 4, kernel_shape=[kernel, kernel])
+    graph = helper.make_graph([node], "conv", [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, channels, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+class TestConvWorkingBuffer:
+    """MLAS's working buffer per convolution (``MlasConvPrepare``) in bytes, and the peak it adds while it runs."""
+
+    @pytest.mark.parametrize("shape,threads,expected", [
+        # several images: a whole im2col matrix (4096 positions x K = 8 * 9) per thread, one per image at most
+        ((2, 8, 64, 16, 3), 1, 4096 * 72 * 4),
+        ((2, 8, 64, 16, 3), 2, 2 * 4096 * 72 * 4),
+        ((2, 8, 64, 16, 3), 16, 2 * 4096 * 72 * 4),
+        # one image: each thread holds a 128 x 128 slice
+        ((1, 8, 64, 16, 3), 2, 2 * 128 * 128 * 4),
+        # pointwise: the GEMM reads the input directly
+        ((2, 8, 64, 16, 1), 2, 0),
+        # more filters than output positions: the whole matrix once
+        ((1, 8, 2, 64, 3), 4, 4 * 72 * 4),
+    ])
+    def test_bytes_and_peak(self, shape, threads, expected):
+        batch, channels, size, filters, _ = shape
+        model = conv_model(*shape)
+        light, weights = weightless(model)
+        types = value_types(light, {})
+        assert conv_working_bytes(light.graph.node[0], types, threads) == expected
+        feeds = batch * channels * size * size * 4 + batch * filters * size * size * 4  # x and y, live at the Conv
+        assert stage_liveness(model, {}, threads=threads).peak == feeds + expected
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +143,19 @@ class TestTinyExport:
         inputs = sum(np.dtype(d["dtype"]).itemsize * math.prod(unet.inputs[k])
                      for k, d in manifest["stages"]["unet"]["inputs"].items())
         assert unet.activations >= inputs + 4 * math.prod(unet.inputs["sample"])
+
+    def test_estimate_is_the_built_engines_graph(self, tiny_export, tiny_build):
+        # the estimate optimises the weightless export as the builder does: its liveness equals that of the engine
+        # files the build wrote, at every stage and length
+        export_dir, manifest = tiny_export
+        engines = tiny_build[0]
+        for seconds in (10, 80):
+            shapes = stage_input_shapes(export_dir, manifest, seconds)
+            for name in manifest["stages"]:
+                light, weights = weightless(onnx.load(str(engines / f"{name}.onnx"), load_external_data=False))
+                built = engine_liveness(light, shapes[name], weights, threads=2)
+                estimated = stage_liveness(export_dir / f"{name}.onnx", shapes[name], threads=2)
+                assert (estimated.peak, estimated.node) == (built.peak, built.node), (name, seconds)
 
     def test_weights_are_the_stage_files(self, tiny_export):
         export_dir, manifest = tiny_export
