@@ -226,6 +226,8 @@ def test_engine_folder_closes_its_runners(tiny_build):
 def test_ort_stages_load_at_their_levels(tiny_build):
     """Only the VAE decoder loads with ORT's NCHWc layout transforms (ORT_ENABLE_ALL); the others at the saved
     graph's level, which keeps the UNet's long-audio memory down (backends/onnxruntime/runner.py)."""
+    import platform
+
     import onnxruntime as ort
 
     from litefocus_export.core import heap
@@ -238,4 +240,5 @@ def test_ort_stages_load_at_their_levels(tiny_build):
     level = ort.GraphOptimizationLevel
     assert levels == {"unet": level.ORT_ENABLE_EXTENDED, "vae_decoder": level.ORT_ENABLE_ALL,
                       "vocoder": level.ORT_ENABLE_EXTENDED}
-    assert heap.return_large_buffers_to_os() in (heap.threshold_from_env() or None, None)  # set once, before
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert heap._applied == (heap.threshold_from_env() or None)  # fixed as the stages opened

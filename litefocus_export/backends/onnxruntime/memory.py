@@ -25,9 +25,12 @@
 
 This is the liveness of the engine's graph, not ONNX Runtime's allocation planner, and not a bound either way.
 Left out, so ORT can need more: other kernel scratch (the attention kernel's blocks, its transposed copies of
-Q, K and V), allocator rounding, the runtime's arrays between stages (latents, mel, waveform: megabytes) and the
+Q, K and V), the VAE decoder's NCHWc layout (it alone loads with it, ``runner.LOAD_LEVELS``: 56 MB more at
+160 s), allocator rounding, the runtime's arrays between stages (latents, mel, waveform: megabytes) and the
 process itself (Python, libraries: a few hundred MB). Weights count whole from the start; ORT holds part of
-them only once the first run reads them (the UNet: 0.93 GB resident after loading its 1.4 GB file). MEASURED_NOTE
+them only once the first run reads them (the UNet: 0.93 GB resident after loading its 1.4 GB file).
+Measured against whole generations on random:audioldm2 (README "Long audio"; MB of 2**20 bytes): 5051 MB
+estimated and 4982 MB peak resident at 80 s, 6302 and 6477 MB at 160 s, 8804 and 9485 MB at 320 s.
 Batches of several requests (``serve --max-batch``) multiply activations by up to the batch size; that is not
 checked. The estimate models ONNX Runtime CPU engines, and ``build`` checks those only (GPU engines hold
 activations in GPU memory). Sizes are in GB of 2**30 bytes. It takes ~10 s for every stage of random:audioldm2,
