@@ -21,6 +21,7 @@ from .seeds import draw_sample_index
 OP_DOMAIN = "ai.litefocus"
 OP_TYPE = "DualSparseAttention"  # never "Attention": TensorRT's parser would take it as its built-in op
 OP_DOMAIN_VERSION = 1
+CONTRIB_DOMAIN = "com.microsoft"  # ONNX Runtime's contrib ops: the engines' MultiHeadAttention, ORT's fusions
 PLUGIN_NAMESPACE = "litefocus"  # the node attribute TensorRT's plugin lookup reads
 OP_ATTRIBUTES = ("freq_bins", "scale", "same_frequency", "cross_frequency")
 MIN_OPSET = 18  # the function body's ops

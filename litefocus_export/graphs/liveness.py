@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.contract import OP_DOMAIN, OP_TYPE
+from ..core.contract import CONTRIB_DOMAIN, OP_DOMAIN, OP_TYPE
 
 log = logging.getLogger(__name__)
 # initializers up to this many elements stay in the weightless graph: shape constants, read by shape inference
@@ -148,7 +148,12 @@ def weightless(model: Any) -> tuple[Any, set[str]]:
 def value_sizes(model: Any, input_shapes: Mapping[str, Sequence[int]]) -> dict[str, int]:
     """Bytes of every value of ``model`` (weightless) whose shape is known with inputs of ``input_shapes``
     (:func:`value_types`)."""
-    sizes = {name: tensor_bytes(value_type) for name, value_type in value_types(model, input_shapes).items()}
+    return known_sizes(value_types(model, input_shapes))
+
+
+def known_sizes(types: Mapping[str, Any]) -> dict[str, int]:
+    """Bytes of each value in ``types`` (name -> ``onnx.TypeProto``) whose size is known."""
+    sizes = {name: tensor_bytes(value_type) for name, value_type in types.items()}
     return {name: size for name, size in sizes.items() if size is not None}
 
 
@@ -230,7 +235,6 @@ def _custom_type(node: Any, types: Mapping[str, Any]) -> Any:
     return None
 
 
-CONTRIB_DOMAIN = "com.microsoft"  # graphs.multihead.CONTRIB_DOMAIN, without its onnx import
 # ops whose (first) output has their first input's type: our op, ORT's activation and normalisation fusions
 FIRST_INPUT_SHAPED = frozenset({(OP_DOMAIN, OP_TYPE), ("", "SimplifiedLayerNormalization")} | {
     (CONTRIB_DOMAIN, op) for op in ("Gelu", "QuickGelu", "FastGelu", "BiasGelu", "SkipLayerNormalization",

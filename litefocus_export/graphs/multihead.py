@@ -16,9 +16,7 @@ from collections.abc import Callable
 import onnx
 from onnx import helper
 
-from ..core.contract import OP_DOMAIN, OP_TYPE
-
-CONTRIB_DOMAIN = "com.microsoft"
+from ..core.contract import CONTRIB_DOMAIN, OP_DOMAIN, OP_TYPE
 
 
 def attribute(node: onnx.NodeProto, name: str, default: int | float) -> int | float:

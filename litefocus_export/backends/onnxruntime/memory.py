@@ -52,7 +52,7 @@ from typing import Any
 from ...core.contract import DECODE_STAGES, MAX_NEW_TOKENS_KEY, MEL_FRAMES
 from ...core.errors import BuildError, LiteFocusError, first_line
 from ...core.geometry import AudioGeometry
-from ...graphs.liveness import Liveness, activation_peak, tensor_bytes, tensor_dims, value_types, weightless
+from ...graphs.liveness import Liveness, activation_peak, known_sizes, tensor_dims, value_types, weightless
 
 log = logging.getLogger(__name__)
 GB, MB = 2**30, 2**20
@@ -142,11 +142,10 @@ def engine_liveness(engine: Any, input_shapes: Mapping[str, Sequence[int]], weig
     """Activation peak of an engine's graph (weightless, ``weights`` its weight inputs) at ``input_shapes``: the
     live values plus each convolution's working buffer while it runs (:func:`conv_working_bytes`)."""
     types = value_types(engine, input_shapes)
-    sizes = {name: size for name, size in ((n, tensor_bytes(t)) for n, t in types.items()) if size is not None}
     threads = threads or os.cpu_count() or 1
     scratch = {index: conv_working_bytes(node, types, threads) for index, node in enumerate(engine.graph.node)
                if node.op_type in CONV_OPS}
-    return activation_peak(engine.graph, sizes, weights, scratch)
+    return activation_peak(engine.graph, known_sizes(types), weights, scratch)
 
 
 def engine_graph(light: Any) -> Any:

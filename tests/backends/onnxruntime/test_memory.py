@@ -27,7 +27,7 @@ from litefocus_export.backends.onnxruntime.memory import (
 from litefocus_export.cli import main
 from litefocus_export.core.errors import UsageError
 from litefocus_export.core.vocoder_field import VocoderField
-from litefocus_export.graphs import liveness, multihead
+from litefocus_export.graphs import liveness
 from litefocus_export.graphs.liveness import value_types, weightless
 
 
@@ -68,9 +68,6 @@ class TestLiveness:
         as_exported = liveness.activation_peak(model.graph, liveness.value_sizes(model, {"x": (3, 1000)}))
         assert as_exported.peak == 3 * 12_000
         assert stage_liveness(model, {"x": (3, 1000)}).peak == 2 * 12_000
-
-    def test_contrib_domain_is_one(self):
-        assert liveness.CONTRIB_DOMAIN == multihead.CONTRIB_DOMAIN
 
     def test_available_memory_falls_back_to_sysconf(self, monkeypatch, tmp_path):
         assert memory.available_memory_bytes() > 0
